@@ -1,0 +1,270 @@
+//! Snapshot encoding: the whole store as one checksummed byte stream.
+//!
+//! Layout (integers little-endian):
+//!
+//! ```text
+//!   "MUSTRSNP"  u32 format=1
+//!   i64 revision  i64 compact_revision
+//!   u64 keys,   per key (key order):    u32 len, key bytes,
+//!                                       u32 versions, per version:
+//!                                         i64 main, i64 sub, i64 create,
+//!                                         i64 version, i64 lease,
+//!                                         u8 live, [u32 len, value bytes]
+//!   u64 leases, per lease (ID order):   i64 id, i64 ttl, i64 remaining_ttl
+//!   u32 crc32c of every byte before it
+//! ```
+//!
+//! Only what cannot be derived is stored: the revision log and the leases'
+//! key sets are rebuilt on restore. Everything is written in key and ID
+//! order, so two stores that applied the same commands encode to the same
+//! bytes. A restore verifies the checksum and every invariant the store
+//! relies on (sorted keys and versions, revisions in bounds, no dangling
+//! lease) and reports the first violation as [`Error::CorruptSnapshot`].
+//!
+//! Encoding reads a [`Store`] clone, so it can run on another thread while
+//! the original keeps applying.
+
+use std::io::{self, Read, Write};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use imbl::OrdMap;
+
+use crate::error::{Error, Result};
+use crate::lease::LeaseTable;
+use crate::mvcc::{History, KeySpace, Version};
+use crate::revision::Revision;
+use crate::store::Store;
+
+const MAGIC: &[u8; 8] = b"MUSTRSNP";
+const FORMAT: u32 = 1;
+/// Largest key or value a snapshot may hold; guards allocations on restore.
+const MAX_ITEM: u32 = 256 << 20;
+
+/// A writer that keeps a running crc32c of what passed through it.
+struct Checksummed<W> {
+    inner: W,
+    crc: u32,
+}
+
+impl<W: Write> Checksummed<W> {
+    fn put(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.crc = crc32c::crc32c_append(self.crc, bytes);
+        self.inner.write_all(bytes)
+    }
+    fn put_i64(&mut self, n: i64) -> io::Result<()> {
+        self.put(&n.to_le_bytes())
+    }
+    fn put_len(&mut self, n: usize) -> io::Result<()> {
+        let n = u32::try_from(n).map_err(|_| io::Error::other("item too large for a snapshot"))?;
+        self.put(&n.to_le_bytes())
+    }
+}
+
+/// A reader that keeps a running crc32c of what it read.
+struct Verified<R> {
+    inner: R,
+    crc: u32,
+}
+
+impl<R: Read> Verified<R> {
+    fn take<const N: usize>(&mut self) -> Result<[u8; N]> {
+        let mut buf = [0u8; N];
+        self.inner.read_exact(&mut buf).map_err(read_error)?;
+        self.crc = crc32c::crc32c_append(self.crc, &buf);
+        Ok(buf)
+    }
+    fn i64(&mut self) -> Result<i64> {
+        Ok(i64::from_le_bytes(self.take()?))
+    }
+    fn u64(&mut self) -> Result<u64> {
+        Ok(u64::from_le_bytes(self.take()?))
+    }
+    fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.take()?))
+    }
+    fn bytes(&mut self) -> Result<Bytes> {
+        let len = self.u32()?;
+        if len > MAX_ITEM {
+            return Err(corrupt(format!("item of {len} bytes exceeds the limit")));
+        }
+        let mut buf = vec![0u8; len as usize];
+        self.inner.read_exact(&mut buf).map_err(read_error)?;
+        self.crc = crc32c::crc32c_append(self.crc, &buf);
+        Ok(Bytes::from(buf))
+    }
+}
+
+fn corrupt(what: impl Into<String>) -> Error {
+    Error::CorruptSnapshot(what.into())
+}
+
+fn read_error(e: io::Error) -> Error {
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        corrupt("truncated")
+    } else {
+        corrupt(format!("read failed: {e}"))
+    }
+}
+
+impl Store {
+    /// Writes the whole store to `out` in the snapshot format; returns the
+    /// checksum written at the end.
+    pub fn write_snapshot<W: Write>(&self, out: W) -> io::Result<u32> {
+        let mut w = Checksummed { inner: out, crc: 0 };
+        w.put(MAGIC)?;
+        w.put(&FORMAT.to_le_bytes())?;
+        w.put_i64(self.keys.current())?;
+        w.put_i64(self.keys.compacted())?;
+        w.put(&(self.keys.key_count() as u64).to_le_bytes())?;
+        for (key, history) in self.keys.histories() {
+            w.put_len(key.len())?;
+            w.put(key)?;
+            w.put_len(history.len())?;
+            for v in history.iter() {
+                for n in [
+                    v.revision.main,
+                    v.revision.sub,
+                    v.create_revision,
+                    v.version,
+                    v.lease,
+                ] {
+                    w.put_i64(n)?;
+                }
+                match &v.value {
+                    Some(value) => {
+                        w.put(&[1])?;
+                        w.put_len(value.len())?;
+                        w.put(value)?;
+                    }
+                    None => w.put(&[0])?,
+                }
+            }
+        }
+        w.put(&(self.leases.len() as u64).to_le_bytes())?;
+        for lease in self.leases.iter() {
+            for n in [lease.id, lease.ttl, lease.remaining_ttl] {
+                w.put_i64(n)?;
+            }
+        }
+        let crc = w.crc;
+        w.inner.write_all(&crc.to_le_bytes())?;
+        Ok(crc)
+    }
+
+    /// The snapshot as bytes.
+    pub fn snapshot(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.write_snapshot(&mut out)
+            .expect("writing to a Vec cannot fail");
+        out
+    }
+
+    /// Restores a store from a snapshot, verifying its checksum and
+    /// invariants.
+    pub fn restore<R: Read>(input: R) -> Result<Store> {
+        let mut r = Verified {
+            inner: input,
+            crc: 0,
+        };
+        if &r.take::<8>()? != MAGIC {
+            return Err(corrupt("not a muster snapshot (bad magic)"));
+        }
+        let format = r.u32()?;
+        if format != FORMAT {
+            return Err(corrupt(format!("unsupported format {format}")));
+        }
+        let current = r.i64()?;
+        let compacted = r.i64()?;
+        if current < 1 || compacted < -1 || compacted > current {
+            return Err(corrupt(format!(
+                "revision {current} / compaction {compacted} out of bounds"
+            )));
+        }
+        let mut index: OrdMap<Bytes, History> = OrdMap::new();
+        let mut attachments: Vec<(i64, Bytes)> = Vec::new();
+        let mut previous_key: Option<Bytes> = None;
+        for _ in 0..r.u64()? {
+            let key = r.bytes()?;
+            if key.is_empty() || previous_key.as_ref().is_some_and(|p| *p >= key) {
+                return Err(corrupt("keys empty or out of order"));
+            }
+            let count = r.u32()?;
+            if count == 0 {
+                return Err(corrupt("key with no history"));
+            }
+            let mut history = Vec::with_capacity(count.min(1024) as usize);
+            for _ in 0..count {
+                let revision = Revision::new(r.i64()?, r.i64()?);
+                let (create_revision, version, lease) = (r.i64()?, r.i64()?, r.i64()?);
+                let value = match r.take::<1>()? {
+                    [1] => Some(r.bytes()?),
+                    [0] => None,
+                    [b] => return Err(corrupt(format!("bad version tag {b}"))),
+                };
+                let v = Version {
+                    revision,
+                    create_revision,
+                    version,
+                    lease,
+                    value,
+                };
+                check_version(&v, history.last(), current)?;
+                history.push(v);
+            }
+            if let Some(latest) = history.last().filter(|v| v.is_live() && v.lease != 0) {
+                attachments.push((latest.lease, key.clone()));
+            }
+            previous_key = Some(key.clone());
+            index.insert(key, Arc::new(history));
+        }
+        let mut leases = LeaseTable::default();
+        let mut previous_id = None;
+        for _ in 0..r.u64()? {
+            let (id, ttl, remaining) = (r.i64()?, r.i64()?, r.i64()?);
+            if previous_id.is_some_and(|p| p >= id) {
+                return Err(corrupt("leases out of order"));
+            }
+            previous_id = Some(id);
+            leases.restore(id, ttl, remaining);
+        }
+        for (id, key) in &attachments {
+            if !leases.contains(*id) {
+                return Err(corrupt(format!("key attached to missing lease {id}")));
+            }
+            leases.attach(*id, key);
+        }
+        let computed = r.crc;
+        let mut trailer = [0u8; 4];
+        r.inner.read_exact(&mut trailer).map_err(read_error)?;
+        let stored = u32::from_le_bytes(trailer);
+        if stored != computed {
+            return Err(corrupt(format!(
+                "checksum mismatch: stored {stored:08x}, computed {computed:08x}"
+            )));
+        }
+        Ok(Store {
+            keys: KeySpace::from_parts(index, current, compacted),
+            leases,
+        })
+    }
+}
+
+/// One version must follow its predecessor and fit the store's revision.
+fn check_version(v: &Version, prev: Option<&Version>, current: i64) -> Result<()> {
+    let ordered = prev.is_none_or(|p| p.revision < v.revision && (p.is_live() || v.is_live()));
+    let in_bounds = v.revision.main >= 1 && v.revision.sub >= 0 && v.revision.main <= current;
+    let shaped = if v.is_live() {
+        v.version >= 1 && v.create_revision >= 1 && v.create_revision <= v.revision.main
+    } else {
+        v.version == 0 && v.create_revision == 0 && v.lease == 0
+    };
+    if ordered && in_bounds && shaped {
+        Ok(())
+    } else {
+        Err(corrupt(format!(
+            "inconsistent version at revision {}",
+            v.revision
+        )))
+    }
+}
