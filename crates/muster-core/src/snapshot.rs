@@ -88,8 +88,16 @@ impl<R: Read> Verified<R> {
         if len > MAX_ITEM {
             return Err(corrupt(format!("item of {len} bytes exceeds the limit")));
         }
-        let mut buf = vec![0u8; len as usize];
-        self.inner.read_exact(&mut buf).map_err(read_error)?;
+        // Read through `take` so a corrupt length cannot force a large
+        // allocation before the stream runs out.
+        let mut buf = Vec::new();
+        (&mut self.inner)
+            .take(u64::from(len))
+            .read_to_end(&mut buf)
+            .map_err(read_error)?;
+        if buf.len() != len as usize {
+            return Err(corrupt("truncated"));
+        }
         self.crc = crc32c::crc32c_append(self.crc, &buf);
         Ok(Bytes::from(buf))
     }
