@@ -130,3 +130,51 @@ impl LeaseTable {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attach_and_detach_keep_key_sets() {
+        let mut table = LeaseTable::default();
+        table.grant(1, 10);
+        let key = Bytes::from_static(b"k");
+        table.attach(1, &key);
+        table.attach(1, &key);
+        assert_eq!(table.get(1).map(|l| l.keys.len()), Some(1));
+        table.detach(1, &key);
+        assert_eq!(table.get(1).map(|l| l.keys.len()), Some(0));
+        // Lease 0 and unknown leases are ignored, not created.
+        table.attach(0, &key);
+        table.attach(9, &key);
+        assert_eq!(table.len(), 1);
+    }
+
+    #[test]
+    fn a_cloned_table_does_not_see_later_attachments() {
+        let mut table = LeaseTable::default();
+        table.grant(1, 10);
+        let frozen = table.clone();
+        table.attach(1, &Bytes::from_static(b"k"));
+        table.checkpoint(1, 3);
+        assert!(
+            frozen
+                .get(1)
+                .is_some_and(|l| l.keys.is_empty() && l.remaining_ttl == 0)
+        );
+        assert!(
+            table
+                .get(1)
+                .is_some_and(|l| l.keys.len() == 1 && l.remaining_ttl == 3)
+        );
+    }
+
+    #[test]
+    fn checkpoints_of_unknown_leases_are_skipped() {
+        let mut table = LeaseTable::default();
+        table.checkpoint(5, 10);
+        assert_eq!(table.len(), 0);
+        assert!(table.iter().next().is_none());
+    }
+}

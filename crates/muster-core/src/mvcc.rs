@@ -544,6 +544,116 @@ mod tests {
         assert!(!KeyRange::new(b"c", b"a").contains(b"c"));
     }
 
+    fn live(main: i64, value: &'static str) -> Version {
+        Version {
+            revision: Revision::new(main, 0),
+            create_revision: main,
+            version: 1,
+            lease: 0,
+            value: Some(Bytes::from_static(value.as_bytes())),
+        }
+    }
+
+    /// Appends a version of `key` at the next revision.
+    fn write(space: &mut KeySpace, key: &'static str, version: impl FnOnce(i64) -> Version) {
+        let rev = space.current() + 1;
+        space.append(Bytes::from_static(key.as_bytes()), version(rev));
+        space.set_current(rev);
+    }
+
+    /// The log must hold exactly the versions at or after the compaction
+    /// point, in revision order (the module's invariant).
+    fn assert_log_matches_histories(space: &KeySpace) {
+        let mut expected: Vec<(Revision, Bytes)> = space
+            .histories()
+            .flat_map(|(key, h)| {
+                h.iter()
+                    .filter(|v| v.revision.main >= space.compacted())
+                    .map(|v| (v.revision, key.clone()))
+            })
+            .collect();
+        expected.sort();
+        let actual: Vec<(Revision, Bytes)> = space.log.iter().cloned().collect();
+        assert_eq!(actual, expected);
+        let rebuilt = KeySpace::from_parts(space.index.clone(), space.current, space.compacted);
+        assert_eq!(rebuilt.log, space.log);
+    }
+
+    #[test]
+    fn compaction_keeps_the_log_in_step_with_histories() {
+        let mut space = KeySpace::default();
+        for i in 0..12 {
+            let key = ["a", "b", "c"][i % 3];
+            if i % 5 == 4 {
+                write(&mut space, key, |rev| {
+                    Version::tombstone(Revision::new(rev, 0))
+                });
+            } else {
+                write(&mut space, key, |rev| live(rev, "v"));
+            }
+        }
+        assert_log_matches_histories(&space);
+        for at in [3, 6, 7, 11, 13] {
+            space.compact(at);
+            assert_log_matches_histories(&space);
+            for (_, history) in space.histories() {
+                assert!(!history.is_empty());
+                let first = &history[0];
+                assert!(
+                    first.is_live() || first.revision.main >= at,
+                    "stale tombstone kept"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn compaction_shrinks_long_histories() {
+        let mut space = KeySpace::default();
+        for _ in 0..100 {
+            write(&mut space, "hot", |rev| live(rev, "v"));
+        }
+        space.compact(space.current());
+        let history = space.index.get(&b"hot"[..]).expect("hot key");
+        assert_eq!(history.len(), 1);
+        assert!(
+            history.capacity() <= 2,
+            "capacity {} kept after compaction",
+            history.capacity()
+        );
+    }
+
+    #[test]
+    fn append_with_sees_only_live_predecessors() {
+        let mut space = KeySpace::default();
+        write(&mut space, "k", |rev| live(rev, "v"));
+        write(&mut space, "k", |rev| {
+            Version::tombstone(Revision::new(rev, 0))
+        });
+        let rev = space.current() + 1;
+        let saw = space.append_with(Bytes::from_static(b"k"), |prev| {
+            (live(rev, "w"), prev.is_some())
+        });
+        assert!(!saw, "a tombstone was offered as the previous version");
+    }
+
+    #[test]
+    fn events_stop_at_end_and_resume_where_they_left() {
+        let mut space = KeySpace::default();
+        for _ in 0..10 {
+            write(&mut space, "k", |rev| live(rev, "v"));
+        }
+        let all = KeyRange::new(b"\0", b"\0");
+        let (events, next) = space.events(all, 3, 5, 0);
+        assert_eq!(
+            events.iter().map(|e| e.kv.mod_revision).collect::<Vec<_>>(),
+            [3, 4, 5]
+        );
+        assert_eq!(next, 6);
+        let (events, next) = space.events(all, 3, 11, 2);
+        assert_eq!((events.len(), next), (2, 5));
+    }
+
     #[test]
     fn live_at_sees_generations() {
         let live = |main, create, version| Version {
