@@ -88,6 +88,25 @@ fn bench_put(c: &mut Criterion) {
         &mut index,
         new_keys,
     );
+    // Steady state: overwrites with history compacted every 1,000 puts, the
+    // compactions timed too. Commands are built before the clock starts.
+    group.bench_function("put_overwrite_100k_compacting", |b| {
+        b.iter_custom(|iters| {
+            let commands: Vec<Command> = (0..iters).map(|_| spread()).collect();
+            let start = std::time::Instant::now();
+            for command in commands {
+                index += 1;
+                black_box(store.apply(index, command).expect("put"));
+                if index % 1000 == 0 {
+                    let revision = store.revision();
+                    store
+                        .apply(index, Command::Compact { revision })
+                        .expect("compact");
+                }
+            }
+            start.elapsed()
+        })
+    });
     // Overwrites while a snapshot clone holds the old tree (copy-on-write).
     let snapshot = store.clone();
     bench_puts(

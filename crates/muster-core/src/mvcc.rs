@@ -262,27 +262,32 @@ impl KeySpace {
 
     /// Appends `version` to `key`'s history and logs it.
     pub(crate) fn append(&mut self, key: Bytes, version: Version) {
-        self.append_with(key, |_| (version, ()));
+        self.append_with(key, |_, _| (version, ()));
     }
 
-    /// Appends the version `make` builds from the key's newest live version
-    /// (`None` if the key is absent or deleted), with one index lookup.
+    /// Appends the version `make` builds, with one index lookup. `make` gets
+    /// the key as stored (an existing key's bytes are shared, not copied
+    /// again) and the key's newest live version (`None` if the key is absent
+    /// or deleted).
     pub(crate) fn append_with<R>(
         &mut self,
         key: Bytes,
-        make: impl FnOnce(Option<&Version>) -> (Version, R),
+        make: impl FnOnce(&Bytes, Option<&Version>) -> (Version, R),
     ) -> R {
-        let (version, made) = match self.index.get_mut(&key[..]) {
-            Some(history) => {
-                let (version, made) = make(history.last().filter(|v| v.is_live()));
-                self.log.push_back((version.revision, key));
-                let revision = version.revision;
-                Arc::make_mut(history).push(version);
-                debug_assert!(revision.main > self.current);
-                return made;
+        if let Some((stored, history)) = self.index.get_key_value_mut(&key[..]) {
+            let (version, made) = make(stored, history.last().filter(|v| v.is_live()));
+            debug_assert!(version.revision.main > self.current);
+            self.log.push_back((version.revision, stored.clone()));
+            let versions = Arc::make_mut(history);
+            // Most keys hold one or two versions between compactions: grow
+            // short histories by one slot instead of jumping to four.
+            if versions.len() == versions.capacity() && versions.len() < 4 {
+                versions.reserve_exact(1);
             }
-            None => make(None),
-        };
+            versions.push(version);
+            return made;
+        }
+        let (version, made) = make(&key, None);
         debug_assert!(version.revision.main > self.current);
         self.log.push_back((version.revision, key.clone()));
         self.index.insert(key, Arc::new(vec![version]));
@@ -631,7 +636,7 @@ mod tests {
             Version::tombstone(Revision::new(rev, 0))
         });
         let rev = space.current() + 1;
-        let saw = space.append_with(Bytes::from_static(b"k"), |prev| {
+        let saw = space.append_with(Bytes::from_static(b"k"), |_, prev| {
             (live(rev, "w"), prev.is_some())
         });
         assert!(!saw, "a tombstone was offered as the previous version");

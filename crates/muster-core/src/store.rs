@@ -104,7 +104,7 @@ impl Store {
         match command {
             Command::Put(req) => {
                 self.check_put(&req)?;
-                let mut write = Write::begin(self);
+                let mut write = Write::begin(self, 1);
                 let response = write.put(req);
                 let events = write.finish();
                 Ok(Applied {
@@ -113,7 +113,7 @@ impl Store {
                 })
             }
             Command::DeleteRange(req) => {
-                let mut write = Write::begin(self);
+                let mut write = Write::begin(self, 0);
                 let response = write.delete_range(req);
                 let events = write.finish();
                 Ok(Applied {
@@ -124,7 +124,7 @@ impl Store {
             Command::Txn(req) => {
                 let path = self.choose_path(&req);
                 self.check_txn_path(&req, &path)?;
-                let mut write = Write::begin(self);
+                let mut write = Write::begin(self, 0);
                 let mut at = 0;
                 let mut response = write.txn(req, &path, &mut at);
                 response.revision = write.header_revision();
@@ -176,7 +176,7 @@ impl Store {
             Command::LeaseRevoke { id } => {
                 let lease = self.leases.get(id).ok_or(Error::LeaseNotFound)?;
                 let keys = lease.keys.clone();
-                let mut write = Write::begin(self);
+                let mut write = Write::begin(self, 0);
                 for key in keys.iter() {
                     write.delete_range(DeleteRangeRequest {
                         key: key.clone(),
@@ -447,13 +447,15 @@ struct Write<'s> {
 }
 
 impl<'s> Write<'s> {
-    fn begin(store: &'s mut Store) -> Self {
+    /// Starts the writes of one command; `events` is how many events it is
+    /// expected to produce (exact for a put, 0 when unknown).
+    fn begin(store: &'s mut Store, events: usize) -> Self {
         let rev = store.keys.current() + 1;
         Self {
             store,
             rev,
             sub: 0,
-            events: Vec::new(),
+            events: Vec::with_capacity(events),
         }
     }
 
@@ -492,7 +494,7 @@ impl<'s> Write<'s> {
             ignore_value,
             ignore_lease,
         } = req;
-        let (event, prev_lease, lease) = self.store.keys.append_with(key.clone(), |prev| {
+        let (event, prev_lease, lease) = self.store.keys.append_with(key, |key, prev| {
             let value = match (prev, ignore_value) {
                 (Some(prev), true) => prev.value.clone().unwrap_or_default(),
                 _ => value,
@@ -514,14 +516,14 @@ impl<'s> Write<'s> {
             };
             let event = Event {
                 kind: EventKind::Put,
-                kv: new.to_kv(&key),
-                prev_kv: prev.map(|p| p.to_kv(&key)),
+                kv: new.to_kv(key),
+                prev_kv: prev.map(|p| p.to_kv(key)),
             };
             (new, (event, prev.map_or(0, |p| p.lease), lease))
         });
         if prev_lease != lease {
-            self.store.leases.detach(prev_lease, &key);
-            self.store.leases.attach(lease, &key);
+            self.store.leases.detach(prev_lease, &event.kv.key);
+            self.store.leases.attach(lease, &event.kv.key);
         }
         let prev_kv = if want_prev {
             event.prev_kv.clone()
