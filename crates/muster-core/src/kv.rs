@@ -11,6 +11,12 @@
 //! the deleting revision in `mod_revision` (all other fields zero), as etcd
 //! sends it. `prev_kv` is the version the change replaced, when history still
 //! holds it.
+//!
+//! One difference from etcd: when a single txn writes a key twice (possible
+//! through a `"\0"`-ended delete or sibling nested txns), the second event's
+//! `prev_kv` is the version the first change made, the one it really
+//! replaced. etcd's watch looks `prev_kv` up at the revision before the txn
+//! and so reports the pre-txn version for both.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};

@@ -21,20 +21,23 @@
 //!   key b:                    put v1          put  history [4 live, 6 live]
 //!   log:      2→a     3→a     4→b     5→a     6→b
 //!
-//!   compact(4): key a keeps {3} (the newest version at or below 4) and
-//!               everything above; b keeps {4, 6}; log keeps 4.. only.
-//!   compact(5): a's newest version at or below 5 is the tombstone at 5: it
-//!               stays until a later compaction (so a watch from 5 still sees
-//!               the delete); a reads as absent at every revision >= 5.
+//!   compact(4): b keeps {4, 6} (4 is at the compaction point); a keeps {3},
+//!               the newest version below 4, which reads at 4 still need,
+//!               and everything above; the log keeps 4.. only.
+//!   compact(5): a was written at 5 (its deletion), so everything of a
+//!               below 5 goes; the tombstone stays with the log entry for 5,
+//!               so a watch from 5 still sees the delete; a reads as absent
+//!               at every revision >= 5.
 //!   compact(6): the tombstone at 5 < 6 goes, and with it key a.
 //! ```
 //!
 //! Invariants:
 //! - Each history is non-empty, sorted by revision, and never has two
 //!   consecutive tombstones.
-//! - After `compact(c)` no history holds a version below the newest one at
-//!   or below `c`, and that one is a tombstone only if its main revision is
-//!   exactly `c`.
+//! - After `compact(c)` a history holds every version at or above `c` and,
+//!   below `c`, at most the newest one, only if it is live and the key was
+//!   not written at `c` itself (so every change at `c` stays watchable, and
+//!   reads at `c` and later are unchanged).
 //! - `log` holds exactly the versions with main revision >= the compaction
 //!   point, so it can be rebuilt from the histories (snapshots don't store it).
 //! - Reads at a revision below the compaction point fail with
@@ -454,13 +457,19 @@ impl KeySpace {
 
     /// Drops history before `rev` (see the module docs for what is kept).
     /// The caller has checked `compacted < rev <= current`.
+    ///
+    /// The keys that can hold a droppable version are exactly those with a
+    /// log entry at or below `rev`: any other key's history starts at or
+    /// above `rev`, or is a single live version kept by an earlier
+    /// compaction that nothing has superseded since.
     pub(crate) fn compact(&mut self, rev: i64) {
         let cut = self.log_position(Revision::new(rev, 0));
-        let old = self.log.take(cut);
+        let through = self.log_position(Revision::new(rev + 1, 0));
+        let visit = self.log.take(through);
         self.log = self.log.skip(cut);
         self.compacted = rev;
         let mut last: Option<&Bytes> = None;
-        for (_, key) in old.iter() {
+        for (_, key) in visit.iter() {
             // Consecutive duplicates are common (hot keys); skip them cheaply.
             if last == Some(key) {
                 continue;
@@ -470,20 +479,24 @@ impl KeySpace {
         }
     }
 
-    /// Compacts one key's history at `rev`.
+    /// Compacts one key's history at `rev`: keeps every version at or above
+    /// `rev`, and the newest version below it only when that one is live and
+    /// nothing was written at `rev` itself (reads at `rev` need it then).
     fn compact_key(&mut self, key: &Bytes, rev: i64) {
         let Some(history) = self.index.get_mut(&key[..]) else {
             return;
         };
-        let at = history.partition_point(|v| v.revision.main <= rev);
-        let Some(kept) = at.checked_sub(1) else {
+        let from_rev = history.partition_point(|v| v.revision.main < rev);
+        let Some(newest_below) = from_rev.checked_sub(1) else {
             return;
         };
-        let newest = &history[kept];
-        let drop = if !newest.is_live() && newest.revision.main < rev {
-            at
+        let written_at_rev = history
+            .get(from_rev)
+            .is_some_and(|v| v.revision.main == rev);
+        let drop = if written_at_rev || !history[newest_below].is_live() {
+            from_rev
         } else {
-            kept
+            newest_below
         };
         if drop == 0 {
             return;

@@ -103,7 +103,9 @@ impl Store {
         validate::check_command(&command, usize::MAX)?;
         match command {
             Command::Put(req) => {
-                self.check_put(&req)?;
+                // etcd's standalone put looks the lease up before the key.
+                self.check_put_lease(&req)?;
+                self.check_put_key(&req)?;
                 let mut write = Write::begin(self, 1);
                 let response = write.put(req);
                 let events = write.finish();
@@ -315,12 +317,16 @@ impl Store {
         id
     }
 
-    /// etcd's checks on a put before it runs: keys named by `ignore_*` must
-    /// exist, and a lease named must exist.
-    fn check_put(&self, req: &PutRequest) -> Result<()> {
+    /// A put with `ignore_value` or `ignore_lease` needs the key to exist.
+    fn check_put_key(&self, req: &PutRequest) -> Result<()> {
         if (req.ignore_value || req.ignore_lease) && self.keys.latest_live(&req.key).is_none() {
             return Err(Error::KeyNotFound);
         }
+        Ok(())
+    }
+
+    /// A put naming a lease needs the lease to exist.
+    fn check_put_lease(&self, req: &PutRequest) -> Result<()> {
         if req.lease != 0 && !self.leases.contains(req.lease) {
             return Err(Error::LeaseNotFound);
         }
@@ -376,10 +382,32 @@ impl Store {
     }
 
     /// Runs etcd's pre-execution checks over the chosen path: first every
-    /// put (leases and `ignore_*` keys), then every range revision.
+    /// put (`ignore_*` keys, then leases), then every range revision.
+    ///
+    /// One check goes beyond etcd's: an `ignore_*` put of a key that an
+    /// earlier op on the path deletes fails with [`Error::KeyNotFound`]. Its
+    /// interval check lets that through when the delete's range ends in
+    /// `"\0"`, and etcd then panics in apply; failing here keeps the txn
+    /// atomic and the member serving.
     fn check_txn_path(&self, req: &TxnRequest, path: &[bool]) -> Result<()> {
+        let mut deleted: Vec<(&[u8], &[u8])> = Vec::new();
         self.walk_path(req, path, &mut 0, &mut |op| match op {
-            RequestOp::Put(put) => self.check_put(put),
+            RequestOp::Put(put) => {
+                let ignores = put.ignore_value || put.ignore_lease;
+                if ignores
+                    && deleted
+                        .iter()
+                        .any(|(k, end)| KeyRange::new(k, end).contains(&put.key))
+                {
+                    return Err(Error::KeyNotFound);
+                }
+                self.check_put_key(put)?;
+                self.check_put_lease(put)
+            }
+            RequestOp::DeleteRange(del) => {
+                deleted.push((&del.key, &del.range_end));
+                Ok(())
+            }
             _ => Ok(()),
         })?;
         let (current, compacted) = (self.keys.current(), self.keys.compacted());
@@ -392,12 +420,12 @@ impl Store {
     }
 
     /// Calls `check` on every non-txn op of the chosen path, in order.
-    fn walk_path(
+    fn walk_path<'r>(
         &self,
-        req: &TxnRequest,
+        req: &'r TxnRequest,
         path: &[bool],
         at: &mut usize,
-        check: &mut impl FnMut(&RequestOp) -> Result<()>,
+        check: &mut impl FnMut(&'r RequestOp) -> Result<()>,
     ) -> Result<()> {
         let ops = if path[*at] {
             &req.success
