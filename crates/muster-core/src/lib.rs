@@ -22,6 +22,7 @@
 
 mod command;
 mod error;
+mod key;
 mod kv;
 mod lease;
 mod mvcc;

@@ -53,6 +53,7 @@ use imbl::{OrdMap, Vector};
 
 use crate::command::{RangeRequest, RangeResponse, SortOrder, SortTarget};
 use crate::error::{Error, Result};
+use crate::key::StoredKey;
 use crate::kv::{Event, EventKind, KeyValue};
 use crate::revision::Revision;
 
@@ -90,9 +91,9 @@ impl Version {
 
     /// This version as a [`KeyValue`] of `key`. A tombstone gives etcd's
     /// delete-event form: only key and mod revision.
-    pub(crate) fn to_kv(&self, key: &Bytes) -> KeyValue {
+    pub(crate) fn to_kv(&self, key: Bytes) -> KeyValue {
         KeyValue {
-            key: key.clone(),
+            key,
             create_revision: self.create_revision,
             mod_revision: self.revision.main,
             version: self.version,
@@ -160,10 +161,10 @@ impl<'a> KeyRange<'a> {
 #[derive(Clone, Debug)]
 pub(crate) struct KeySpace {
     /// key → history.
-    index: OrdMap<Bytes, History>,
+    index: OrdMap<StoredKey, History>,
     /// (revision, key) for every version at or after the compaction point,
     /// in revision order.
-    log: Vector<(Revision, Bytes)>,
+    log: Vector<(Revision, StoredKey)>,
     /// The current main revision (1 for an empty store).
     current: i64,
     /// The compaction point; -1 until the first compaction (as etcd).
@@ -184,8 +185,12 @@ impl Default for KeySpace {
 impl KeySpace {
     /// Rebuilds a key space from verified parts (snapshot restore). The log
     /// is derived from the histories.
-    pub(crate) fn from_parts(index: OrdMap<Bytes, History>, current: i64, compacted: i64) -> Self {
-        let mut entries: Vec<(Revision, Bytes)> = Vec::new();
+    pub(crate) fn from_parts(
+        index: OrdMap<StoredKey, History>,
+        current: i64,
+        compacted: i64,
+    ) -> Self {
+        let mut entries: Vec<(Revision, StoredKey)> = Vec::new();
         for (key, history) in &index {
             for version in history.iter().filter(|v| v.revision.main >= compacted) {
                 entries.push((version.revision, key.clone()));
@@ -217,7 +222,7 @@ impl KeySpace {
     }
 
     /// Every key with its history, in key order.
-    pub(crate) fn histories(&self) -> impl Iterator<Item = (&Bytes, &History)> {
+    pub(crate) fn histories(&self) -> impl Iterator<Item = (&StoredKey, &History)> {
         self.index.iter()
     }
 
@@ -241,7 +246,7 @@ impl KeySpace {
     pub(crate) fn visit<'s>(
         &'s self,
         range: KeyRange<'_>,
-        mut visit: impl FnMut(&'s Bytes, &'s [Version]) -> ControlFlow<()>,
+        mut visit: impl FnMut(&'s StoredKey, &'s [Version]) -> ControlFlow<()>,
     ) {
         match range {
             KeyRange::Single(key) => {
@@ -275,7 +280,7 @@ impl KeySpace {
     pub(crate) fn append_with<R>(
         &mut self,
         key: Bytes,
-        make: impl FnOnce(&Bytes, Option<&Version>) -> (Version, R),
+        make: impl FnOnce(&StoredKey, Option<&Version>) -> (Version, R),
     ) -> R {
         if let Some((stored, history)) = self.index.get_key_value_mut(&key[..]) {
             let (version, made) = make(stored, history.last().filter(|v| v.is_live()));
@@ -290,6 +295,7 @@ impl KeySpace {
             versions.push(version);
             return made;
         }
+        let key = StoredKey::new(key);
         let (version, made) = make(&key, None);
         debug_assert!(version.revision.main > self.current);
         self.log.push_back((version.revision, key.clone()));
@@ -337,7 +343,7 @@ impl KeySpace {
             if let Some(version) = live_at(history, rev) {
                 count += 1;
                 if !req.count_only && kvs.len() < fetch {
-                    kvs.push(version.to_kv(key));
+                    kvs.push(version.to_kv(key.to_bytes()));
                 }
             }
             ControlFlow::Continue(())
@@ -417,10 +423,10 @@ impl KeySpace {
             {
                 return (events, revision.main);
             }
-            if !range.contains(key) {
+            if !range.contains(key.as_slice()) {
                 continue;
             }
-            let Some(history) = self.index.get(&key[..]) else {
+            let Some(history) = self.index.get(key.as_slice()) else {
                 debug_assert!(false, "log names a key with no history");
                 continue;
             };
@@ -429,11 +435,12 @@ impl KeySpace {
                 continue;
             };
             let version = &history[at];
+            let key = key.to_bytes();
             let prev_kv = at
                 .checked_sub(1)
                 .map(|p| &history[p])
                 .filter(|p| p.is_live())
-                .map(|p| p.to_kv(key));
+                .map(|p| p.to_kv(key.clone()));
             let kind = if version.is_live() {
                 EventKind::Put
             } else {
@@ -468,13 +475,12 @@ impl KeySpace {
         let visit = self.log.take(through);
         self.log = self.log.skip(cut);
         self.compacted = rev;
-        let mut last: Option<&Bytes> = None;
-        for (_, key) in visit.iter() {
-            // Consecutive duplicates are common (hot keys); skip them cheaply.
-            if last == Some(key) {
-                continue;
-            }
-            last = Some(key);
+        // Visit in key order: consecutive lookups then share the upper tree
+        // nodes in cache, and each key is visited once.
+        let mut keys: Vec<&StoredKey> = visit.iter().map(|(_, key)| key).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        for key in keys {
             self.compact_key(key, rev);
         }
     }
@@ -482,8 +488,8 @@ impl KeySpace {
     /// Compacts one key's history at `rev`: keeps every version at or above
     /// `rev`, and the newest version below it only when that one is live and
     /// nothing was written at `rev` itself (reads at `rev` need it then).
-    fn compact_key(&mut self, key: &Bytes, rev: i64) {
-        let Some(history) = self.index.get_mut(&key[..]) else {
+    fn compact_key(&mut self, key: &StoredKey, rev: i64) {
+        let Some(history) = self.index.get_mut(key.as_slice()) else {
             return;
         };
         let from_rev = history.partition_point(|v| v.revision.main < rev);
@@ -504,7 +510,7 @@ impl KeySpace {
         let versions = Arc::make_mut(history);
         versions.drain(..drop);
         if versions.is_empty() {
-            self.index.remove(&key[..]);
+            self.index.remove(key.as_slice());
         } else if versions.capacity() > 2 * versions.len() {
             versions.shrink_to_fit();
         }
@@ -516,6 +522,7 @@ impl KeySpace {
         let mut crc = 0u32;
         for (key, history) in &self.index {
             for v in history.iter().take_while(|v| v.revision.main <= rev) {
+                let key = key.as_slice();
                 crc = crc32c::crc32c_append(crc, &(key.len() as u64).to_le_bytes());
                 crc = crc32c::crc32c_append(crc, key);
                 crc = crc32c::crc32c_append(crc, &v.revision.to_bytes());
@@ -582,7 +589,7 @@ mod tests {
     /// The log must hold exactly the versions at or after the compaction
     /// point, in revision order (the module's invariant).
     fn assert_log_matches_histories(space: &KeySpace) {
-        let mut expected: Vec<(Revision, Bytes)> = space
+        let mut expected: Vec<(Revision, StoredKey)> = space
             .histories()
             .flat_map(|(key, h)| {
                 h.iter()
@@ -591,7 +598,7 @@ mod tests {
             })
             .collect();
         expected.sort();
-        let actual: Vec<(Revision, Bytes)> = space.log.iter().cloned().collect();
+        let actual: Vec<(Revision, StoredKey)> = space.log.iter().cloned().collect();
         assert_eq!(actual, expected);
         let rebuilt = KeySpace::from_parts(space.index.clone(), space.current, space.compacted);
         assert_eq!(rebuilt.log, space.log);

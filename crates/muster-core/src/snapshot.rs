@@ -31,6 +31,7 @@ use bytes::Bytes;
 use imbl::OrdMap;
 
 use crate::error::{Error, Result};
+use crate::key::StoredKey;
 use crate::lease::LeaseTable;
 use crate::mvcc::{History, KeySpace, Version};
 use crate::revision::Revision;
@@ -126,6 +127,7 @@ impl Store {
         w.put_i64(self.keys.compacted())?;
         w.put(&(self.keys.key_count() as u64).to_le_bytes())?;
         for (key, history) in self.keys.histories() {
+            let key = key.as_slice();
             w.put_len(key.len())?;
             w.put(key)?;
             w.put_len(history.len())?;
@@ -189,7 +191,7 @@ impl Store {
                 "revision {current} / compaction {compacted} out of bounds"
             )));
         }
-        let mut index: OrdMap<Bytes, History> = OrdMap::new();
+        let mut index: OrdMap<StoredKey, History> = OrdMap::new();
         let mut attachments: Vec<(i64, Bytes)> = Vec::new();
         let mut previous_key: Option<Bytes> = None;
         for _ in 0..r.u64()? {
@@ -224,7 +226,7 @@ impl Store {
                 attachments.push((latest.lease, key.clone()));
             }
             previous_key = Some(key.clone());
-            index.insert(key, Arc::new(history));
+            index.insert(StoredKey::new(key), Arc::new(history));
         }
         let mut leases = LeaseTable::default();
         let mut previous_id = None;

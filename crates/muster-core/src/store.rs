@@ -542,10 +542,11 @@ impl<'s> Write<'s> {
                 lease,
                 value: Some(value),
             };
+            let key = key.to_bytes();
             let event = Event {
                 kind: EventKind::Put,
+                prev_kv: prev.map(|p| p.to_kv(key.clone())),
                 kv: new.to_kv(key),
-                prev_kv: prev.map(|p| p.to_kv(key)),
             };
             (new, (event, prev.map_or(0, |p| p.lease), lease))
         });
@@ -572,7 +573,7 @@ impl<'s> Write<'s> {
             .keys
             .visit(KeyRange::new(&req.key, &req.range_end), |key, history| {
                 if let Some(version) = live_at(history, read) {
-                    doomed.push((key.clone(), version.clone()));
+                    doomed.push((key.to_bytes(), version.clone()));
                 }
                 ControlFlow::Continue(())
             });
@@ -581,7 +582,7 @@ impl<'s> Write<'s> {
         for (key, prev) in doomed {
             let revision = self.next_revision();
             self.store.leases.detach(prev.lease, &key);
-            let prev_kv = prev.to_kv(&key);
+            let prev_kv = prev.to_kv(key.clone());
             let kv = KeyValue {
                 key: key.clone(),
                 mod_revision: revision.main,
