@@ -22,4 +22,21 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-cargo test --workspace --locked "$@"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace --locked "$@" 2>&1 | tee "$log"
+
+# cargo prints one "test result" line per test binary, the last of which is
+# often a doc-test binary with no tests; close with the total instead.
+read -r passed failed < <(awk '/^test result: /{
+    for (i = 1; i <= NF; i++) {
+        if ($(i + 1) ~ /^passed;/) p += $i
+        if ($(i + 1) ~ /^failed;/) f += $i
+    }
+} END { print p + 0, f + 0 }' "$log")
+echo
+echo "total: $passed passed, $failed failed"
+if [ "$passed" -eq 0 ]; then
+    echo "no test ran" >&2
+    exit 1
+fi
