@@ -9,7 +9,7 @@
 ///
 /// Commands that fail leave the store exactly as it was: every check runs
 /// before the first change is made.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum Error {
     /// The requested revision is older than the compaction point.
     #[error("etcdserver: mvcc: required revision has been compacted")]
