@@ -21,6 +21,9 @@
 //! - [`etcdserverpb`]: every request and response message, plus the `KV`,
 //!   `Watch`, `Lease`, `Cluster`, `Maintenance` and `Auth` services (as
 //!   `*_client` and `*_server` modules).
+//!
+//! [`convert`] turns requests into muster-core's types and core responses
+//! and events back into wire types.
 
 /// Package `mvccpb`: MVCC key-value pairs and watch events.
 #[allow(
@@ -58,3 +61,5 @@ pub mod authpb {
 pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
 }
+
+pub mod convert;
