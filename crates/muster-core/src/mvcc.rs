@@ -337,25 +337,26 @@ impl KeySpace {
                 .unwrap_or(usize::MAX)
                 .saturating_add(1)
         };
+        // Collect references first: filters and sorts work on them, and only
+        // what is returned is turned into key-values.
         let mut count = 0i64;
-        let mut kvs = Vec::new();
+        let mut found: Vec<(&StoredKey, &Version)> = Vec::new();
         self.visit(KeyRange::new(&req.key, &req.range_end), |key, history| {
             if let Some(version) = live_at(history, rev) {
                 count += 1;
-                if !req.count_only && kvs.len() < fetch {
-                    kvs.push(version.to_kv(key.to_bytes()));
+                if !req.count_only && found.len() < fetch {
+                    found.push((key, version));
                 }
             }
             ControlFlow::Continue(())
         });
         if filtered {
-            kvs.retain(|kv| {
-                (req.max_mod_revision == 0 || kv.mod_revision <= req.max_mod_revision)
-                    && (req.min_mod_revision == 0 || kv.mod_revision >= req.min_mod_revision)
-                    && (req.max_create_revision == 0
-                        || kv.create_revision <= req.max_create_revision)
-                    && (req.min_create_revision == 0
-                        || kv.create_revision >= req.min_create_revision)
+            found.retain(|(_, v)| {
+                let (modified, created) = (v.revision.main, v.create_revision);
+                (req.max_mod_revision == 0 || modified <= req.max_mod_revision)
+                    && (req.min_mod_revision == 0 || modified >= req.min_mod_revision)
+                    && (req.max_create_revision == 0 || created <= req.max_create_revision)
+                    && (req.min_create_revision == 0 || created >= req.min_create_revision)
             });
         }
         // Results come in ascending key order; sort only when that is not
@@ -370,23 +371,28 @@ impl KeySpace {
             let target = req.sort_target;
             // Stable: ties stay in key order.
             match order {
-                SortOrder::Ascend => kvs.sort_by(|a, b| compare_by(target, a, b)),
-                _ => kvs.sort_by(|a, b| compare_by(target, b, a)),
+                SortOrder::Ascend => found.sort_by(|a, b| compare_by(target, *a, *b)),
+                _ => found.sort_by(|a, b| compare_by(target, *b, *a)),
             }
         }
         let mut more = false;
         if let Ok(limit) = usize::try_from(req.limit)
             && limit > 0
-            && kvs.len() > limit
+            && found.len() > limit
         {
-            kvs.truncate(limit);
+            found.truncate(limit);
             more = true;
         }
-        if req.keys_only {
-            for kv in &mut kvs {
-                kv.value = Bytes::new();
-            }
-        }
+        let kvs = found
+            .into_iter()
+            .map(|(key, version)| {
+                let mut kv = version.to_kv(key.to_bytes());
+                if req.keys_only {
+                    kv.value = Bytes::new();
+                }
+                kv
+            })
+            .collect();
         Ok(RangeResponse {
             revision: current,
             kvs,
@@ -542,14 +548,19 @@ impl KeySpace {
     }
 }
 
-/// Orders two key-values by a sort target; ties fall back to key order.
-fn compare_by(target: SortTarget, a: &KeyValue, b: &KeyValue) -> Ordering {
+/// Orders two found versions by a sort target.
+fn compare_by(
+    target: SortTarget,
+    a: (&StoredKey, &Version),
+    b: (&StoredKey, &Version),
+) -> Ordering {
+    let ((ka, va), (kb, vb)) = (a, b);
     match target {
-        SortTarget::Key => a.key.cmp(&b.key),
-        SortTarget::Version => a.version.cmp(&b.version),
-        SortTarget::Create => a.create_revision.cmp(&b.create_revision),
-        SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
-        SortTarget::Value => a.value.cmp(&b.value),
+        SortTarget::Key => ka.cmp(kb),
+        SortTarget::Version => va.version.cmp(&vb.version),
+        SortTarget::Create => va.create_revision.cmp(&vb.create_revision),
+        SortTarget::Mod => va.revision.main.cmp(&vb.revision.main),
+        SortTarget::Value => va.value.cmp(&vb.value),
     }
 }
 
