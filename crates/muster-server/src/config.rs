@@ -1,0 +1,555 @@
+//! Member configuration: etcd's flag names, validated before anything starts.
+//!
+//! Every setting is a command-line flag with etcd's name and default where
+//! etcd has one, and also reads from a `MUSTER_*` environment variable (flag
+//! wins). [`MemberConfig::validate`] turns the raw settings into a
+//! [`Member`] plan: this member's ID, the cluster's ID and its initial
+//! members, or an error that names the setting at fault.
+//!
+//! IDs are derived as etcd derives them, so a cluster started twice with the
+//! same flags gets the same IDs:
+//!
+//! ```text
+//!   member ID  = first 8 bytes (big-endian) of
+//!                sha1(sorted peer URLs joined ++ cluster token ++ name)
+//!   cluster ID = first 8 bytes (big-endian) of
+//!                sha1(the member IDs, sorted, each as 8 big-endian bytes)
+//! ```
+//!
+//! (etcd hashes the peer URLs and token only; muster adds the name, so two
+//! members that share URLs across restarts under different names are never
+//! mistaken for one another.)
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+use sha1::{Digest, Sha1};
+
+/// Whether this member starts a new cluster or joins an existing one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ClusterState {
+    /// Every member of `--initial-cluster` starts together.
+    New,
+    /// This member joins a running cluster that already lists it.
+    Existing,
+}
+
+/// The settings of one member, as flags and `MUSTER_*` environment variables.
+#[derive(Clone, Debug, Parser)]
+#[command(
+    name = "muster",
+    version,
+    about = "A strongly consistent service registry speaking the etcd v3 API."
+)]
+pub struct MemberConfig {
+    /// Human-readable name of this member; must appear in --initial-cluster.
+    #[arg(long, env = "MUSTER_NAME", default_value = "default")]
+    pub name: String,
+
+    /// Directory for the Raft log, snapshots and the member's identity.
+    /// Default: `<name>.muster` in the working directory.
+    #[arg(long, env = "MUSTER_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// URLs to listen on for traffic from other members (comma-separated).
+    #[arg(
+        long,
+        env = "MUSTER_LISTEN_PEER_URLS",
+        default_value = "http://127.0.0.1:2380",
+        value_delimiter = ','
+    )]
+    pub listen_peer_urls: Vec<String>,
+
+    /// This member's peer URLs as the other members reach them.
+    #[arg(
+        long,
+        env = "MUSTER_INITIAL_ADVERTISE_PEER_URLS",
+        default_value = "http://127.0.0.1:2380",
+        value_delimiter = ','
+    )]
+    pub initial_advertise_peer_urls: Vec<String>,
+
+    /// URLs to listen on for client traffic (comma-separated).
+    #[arg(
+        long,
+        env = "MUSTER_LISTEN_CLIENT_URLS",
+        default_value = "http://127.0.0.1:2379",
+        value_delimiter = ','
+    )]
+    pub listen_client_urls: Vec<String>,
+
+    /// This member's client URLs as clients reach them.
+    #[arg(
+        long,
+        env = "MUSTER_ADVERTISE_CLIENT_URLS",
+        default_value = "http://127.0.0.1:2379",
+        value_delimiter = ','
+    )]
+    pub advertise_client_urls: Vec<String>,
+
+    /// The initial members, `name=peer-url,...` (a name may repeat to give
+    /// a member several URLs). Default: this member alone, at its
+    /// advertised peer URLs.
+    #[arg(long, env = "MUSTER_INITIAL_CLUSTER")]
+    pub initial_cluster: Option<String>,
+
+    /// `new` to bootstrap a cluster, `existing` to join one.
+    #[arg(
+        long,
+        env = "MUSTER_INITIAL_CLUSTER_STATE",
+        value_enum,
+        default_value = "new"
+    )]
+    pub initial_cluster_state: ClusterState,
+
+    /// A token that tells clusters with the same member URLs apart.
+    #[arg(
+        long,
+        env = "MUSTER_INITIAL_CLUSTER_TOKEN",
+        default_value = "muster-cluster"
+    )]
+    pub initial_cluster_token: String,
+
+    /// Milliseconds between leader heartbeats.
+    #[arg(long, env = "MUSTER_HEARTBEAT_INTERVAL", default_value_t = 100)]
+    pub heartbeat_interval: u64,
+
+    /// Milliseconds a follower waits without a heartbeat before it stands
+    /// for election (at least 5 × the heartbeat interval, at most 50000).
+    #[arg(long, env = "MUSTER_ELECTION_TIMEOUT", default_value_t = 1000)]
+    pub election_timeout: u64,
+
+    /// Applied entries between snapshots (the log is purged behind them).
+    #[arg(long, env = "MUSTER_SNAPSHOT_COUNT", default_value_t = 100_000)]
+    pub snapshot_count: u64,
+}
+
+/// A configuration that does not make sense; the text names the setting.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+fn invalid(what: impl Into<String>) -> ConfigError {
+    ConfigError(what.into())
+}
+
+/// A validated URL of the form `http://host:port`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PeerUrl {
+    /// The URL as given, normalised (`http://host:port`, no trailing slash).
+    pub url: String,
+    /// `host:port`, for dialing.
+    pub authority: String,
+}
+
+impl PeerUrl {
+    /// Parses `http://host:port`; `setting` names the flag for errors.
+    pub fn parse(raw: &str, setting: &str) -> Result<Self, ConfigError> {
+        let url = url::Url::parse(raw.trim())
+            .map_err(|e| invalid(format!("{setting}: {raw:?} is not a URL ({e})")))?;
+        if url.scheme() != "http" {
+            return Err(invalid(format!(
+                "{setting}: {raw:?} must use http:// (TLS is not supported yet)"
+            )));
+        }
+        let host = url
+            .host_str()
+            .ok_or_else(|| invalid(format!("{setting}: {raw:?} has no host")))?;
+        let port = url
+            .port()
+            .ok_or_else(|| invalid(format!("{setting}: {raw:?} has no port")))?;
+        if url.path() != "/"
+            || url.query().is_some()
+            || url.fragment().is_some()
+            || !url.username().is_empty()
+        {
+            return Err(invalid(format!(
+                "{setting}: {raw:?} must be just scheme, host and port"
+            )));
+        }
+        let authority = format!("{host}:{port}");
+        Ok(PeerUrl {
+            url: format!("http://{authority}"),
+            authority,
+        })
+    }
+
+    /// The address to bind, when the host is an IP address.
+    pub fn socket_addr(&self) -> Option<SocketAddr> {
+        self.authority.parse().ok()
+    }
+}
+
+/// One member of the initial cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InitialMember {
+    /// Its name.
+    pub name: String,
+    /// Its ID, derived from name, URLs and token.
+    pub id: u64,
+    /// Its peer URLs, sorted.
+    pub peer_urls: Vec<PeerUrl>,
+}
+
+/// A validated plan for starting this member.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// This member's name.
+    pub name: String,
+    /// This member's ID.
+    pub id: u64,
+    /// The cluster's ID.
+    pub cluster_id: u64,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// Where to listen for peers.
+    pub listen_peer_urls: Vec<PeerUrl>,
+    /// Where to listen for clients.
+    pub listen_client_urls: Vec<PeerUrl>,
+    /// The client URLs to advertise.
+    pub advertise_client_urls: Vec<PeerUrl>,
+    /// Every initial member by ID, this one included.
+    pub initial_members: BTreeMap<u64, InitialMember>,
+    /// Whether to bootstrap or join.
+    pub cluster_state: ClusterState,
+    /// Heartbeat interval in milliseconds.
+    pub heartbeat_ms: u64,
+    /// Election timeout in milliseconds.
+    pub election_timeout_ms: u64,
+    /// Applied entries between snapshots.
+    pub snapshot_count: u64,
+}
+
+/// The longest election timeout accepted, as etcd's limit.
+pub const MAX_ELECTION_TIMEOUT_MS: u64 = 50_000;
+
+impl MemberConfig {
+    /// Checks every setting and derives the IDs; the error names the first
+    /// setting at fault.
+    pub fn validate(&self) -> Result<Member, ConfigError> {
+        if self.name.is_empty()
+            || self.name.contains([',', '='])
+            || self.name.chars().any(char::is_whitespace)
+        {
+            return Err(invalid(format!(
+                "--name: {:?} must be non-empty, without ',', '=' or spaces",
+                self.name
+            )));
+        }
+        if self.heartbeat_interval == 0 {
+            return Err(invalid("--heartbeat-interval must be at least 1 ms"));
+        }
+        if self.election_timeout < 5 * self.heartbeat_interval {
+            return Err(invalid(format!(
+                "--election-timeout ({} ms) must be at least 5 times --heartbeat-interval ({} ms)",
+                self.election_timeout, self.heartbeat_interval
+            )));
+        }
+        if self.election_timeout > MAX_ELECTION_TIMEOUT_MS {
+            return Err(invalid(format!(
+                "--election-timeout ({} ms) must be at most {MAX_ELECTION_TIMEOUT_MS} ms",
+                self.election_timeout
+            )));
+        }
+        if self.snapshot_count == 0 {
+            return Err(invalid("--snapshot-count must be at least 1"));
+        }
+        if self.initial_cluster_token.is_empty() {
+            return Err(invalid("--initial-cluster-token must not be empty"));
+        }
+        let urls = |raw: &[String], setting: &str| -> Result<Vec<PeerUrl>, ConfigError> {
+            if raw.iter().all(|u| u.trim().is_empty()) {
+                return Err(invalid(format!("{setting} must list at least one URL")));
+            }
+            raw.iter().map(|u| PeerUrl::parse(u, setting)).collect()
+        };
+        let listen_peer_urls = urls(&self.listen_peer_urls, "--listen-peer-urls")?;
+        let mut advertised = urls(
+            &self.initial_advertise_peer_urls,
+            "--initial-advertise-peer-urls",
+        )?;
+        advertised.sort();
+        advertised.dedup();
+        let listen_client_urls = urls(&self.listen_client_urls, "--listen-client-urls")?;
+        let advertise_client_urls = urls(&self.advertise_client_urls, "--advertise-client-urls")?;
+
+        let initial_cluster = match &self.initial_cluster {
+            Some(raw) => parse_initial_cluster(raw)?,
+            None => BTreeMap::from([(self.name.clone(), advertised.clone())]),
+        };
+        let Some(own_urls) = initial_cluster.get(&self.name) else {
+            return Err(invalid(format!(
+                "--initial-cluster does not list this member's --name {:?}",
+                self.name
+            )));
+        };
+        if *own_urls != advertised {
+            return Err(invalid(format!(
+                "--initial-cluster gives {:?} the peer URLs {:?} but --initial-advertise-peer-urls says {:?}",
+                self.name,
+                own_urls.iter().map(|u| &u.url).collect::<Vec<_>>(),
+                advertised.iter().map(|u| &u.url).collect::<Vec<_>>()
+            )));
+        }
+        let mut initial_members = BTreeMap::new();
+        let mut owner_of_url: BTreeMap<&str, &str> = BTreeMap::new();
+        for (name, peer_urls) in &initial_cluster {
+            for url in peer_urls {
+                if let Some(other) = owner_of_url.insert(&url.url, name) {
+                    return Err(invalid(format!(
+                        "--initial-cluster gives the peer URL {} to both {other:?} and {name:?}",
+                        url.url
+                    )));
+                }
+            }
+            let id = member_id(name, peer_urls, &self.initial_cluster_token);
+            let member = InitialMember {
+                name: name.clone(),
+                id,
+                peer_urls: peer_urls.clone(),
+            };
+            if initial_members.insert(id, member).is_some() {
+                return Err(invalid(
+                    "--initial-cluster: two members derive the same ID".to_string(),
+                ));
+            }
+        }
+        let id = member_id(&self.name, &advertised, &self.initial_cluster_token);
+        let cluster_id = cluster_id(initial_members.keys().copied());
+        let data_dir = self
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("{}.muster", self.name)));
+        Ok(Member {
+            name: self.name.clone(),
+            id,
+            cluster_id,
+            data_dir,
+            listen_peer_urls,
+            listen_client_urls,
+            advertise_client_urls,
+            initial_members,
+            cluster_state: self.initial_cluster_state,
+            heartbeat_ms: self.heartbeat_interval,
+            election_timeout_ms: self.election_timeout,
+            snapshot_count: self.snapshot_count,
+        })
+    }
+}
+
+/// Parses `name=url,name=url,...` into each name's sorted, deduplicated URLs.
+pub fn parse_initial_cluster(raw: &str) -> Result<BTreeMap<String, Vec<PeerUrl>>, ConfigError> {
+    let mut cluster: BTreeMap<String, Vec<PeerUrl>> = BTreeMap::new();
+    for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((name, url)) = part.split_once('=') else {
+            return Err(invalid(format!(
+                "--initial-cluster: {part:?} is not name=url"
+            )));
+        };
+        let (name, url) = (name.trim(), url.trim());
+        if name.is_empty() {
+            return Err(invalid(format!("--initial-cluster: {part:?} has no name")));
+        }
+        cluster
+            .entry(name.to_string())
+            .or_default()
+            .push(PeerUrl::parse(url, "--initial-cluster")?);
+    }
+    if cluster.is_empty() {
+        return Err(invalid("--initial-cluster lists no member"));
+    }
+    for urls in cluster.values_mut() {
+        urls.sort();
+        urls.dedup();
+    }
+    Ok(cluster)
+}
+
+/// A member's ID from its name, sorted peer URLs and the cluster token.
+pub fn member_id(name: &str, sorted_peer_urls: &[PeerUrl], token: &str) -> u64 {
+    let mut hasher = Sha1::new();
+    for url in sorted_peer_urls {
+        hasher.update(url.url.as_bytes());
+    }
+    hasher.update(token.as_bytes());
+    hasher.update(name.as_bytes());
+    first_u64(&hasher.finalize())
+}
+
+/// The cluster's ID from its initial members' IDs.
+pub fn cluster_id(member_ids: impl IntoIterator<Item = u64>) -> u64 {
+    let mut ids: Vec<u64> = member_ids.into_iter().collect();
+    ids.sort_unstable();
+    let mut hasher = Sha1::new();
+    for id in ids {
+        hasher.update(id.to_be_bytes());
+    }
+    first_u64(&hasher.finalize())
+}
+
+fn first_u64(digest: &[u8]) -> u64 {
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(args: &[&str]) -> MemberConfig {
+        let mut argv = vec!["muster"];
+        argv.extend_from_slice(args);
+        MemberConfig::try_parse_from(argv).expect("flags parse")
+    }
+
+    fn error(args: &[&str]) -> String {
+        config(args)
+            .validate()
+            .expect_err("should be refused")
+            .to_string()
+    }
+
+    #[test]
+    fn no_flags_is_one_member_on_loopback() {
+        let member = config(&[]).validate().expect("defaults are valid");
+        assert_eq!(member.name, "default");
+        assert_eq!(member.data_dir, PathBuf::from("default.muster"));
+        assert_eq!(
+            member.listen_peer_urls[0].socket_addr(),
+            Some("127.0.0.1:2380".parse().unwrap())
+        );
+        assert_eq!(member.listen_client_urls[0].authority, "127.0.0.1:2379");
+        assert_eq!(member.initial_members.len(), 1);
+        assert!(member.initial_members.contains_key(&member.id));
+        assert_eq!(
+            (member.heartbeat_ms, member.election_timeout_ms),
+            (100, 1000)
+        );
+    }
+
+    #[test]
+    fn three_members_derive_the_same_cluster_id_from_each_side() {
+        let cluster = "a=http://10.0.0.1:2380,b=http://10.0.0.2:2380,c=http://10.0.0.3:2380";
+        let plans: Vec<Member> = ["a", "b", "c"]
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let url = format!("http://10.0.0.{}:2380", i + 1);
+                config(&[
+                    "--name",
+                    name,
+                    "--initial-advertise-peer-urls",
+                    &url,
+                    "--initial-cluster",
+                    cluster,
+                ])
+                .validate()
+                .expect("valid")
+            })
+            .collect();
+        assert!(plans.windows(2).all(|w| w[0].cluster_id == w[1].cluster_id));
+        let ids: Vec<u64> = plans.iter().map(|p| p.id).collect();
+        assert_eq!(
+            plans[0].initial_members.keys().copied().collect::<Vec<_>>(),
+            {
+                let mut sorted = ids.clone();
+                sorted.sort_unstable();
+                sorted
+            }
+        );
+        // A different token is a different cluster with different members.
+        let other = config(&[
+            "--name",
+            "a",
+            "--initial-advertise-peer-urls",
+            "http://10.0.0.1:2380",
+            "--initial-cluster",
+            cluster,
+            "--initial-cluster-token",
+            "other",
+        ])
+        .validate()
+        .expect("valid");
+        assert_ne!(other.cluster_id, plans[0].cluster_id);
+        assert_ne!(other.id, plans[0].id);
+    }
+
+    #[test]
+    fn ids_are_stable_across_url_order_and_spelling() {
+        let one = config(&[
+            "--initial-advertise-peer-urls",
+            "http://127.0.0.1:2380,http://127.0.0.2:2380",
+            "--initial-cluster",
+            "default=http://127.0.0.2:2380,default=http://127.0.0.1:2380/",
+        ])
+        .validate()
+        .expect("valid");
+        let two = config(&[
+            "--initial-advertise-peer-urls",
+            "http://127.0.0.2:2380,http://127.0.0.1:2380",
+        ])
+        .validate()
+        .expect("valid");
+        assert_eq!((one.id, one.cluster_id), (two.id, two.cluster_id));
+    }
+
+    #[test]
+    fn bad_settings_are_refused_naming_the_setting() {
+        assert!(
+            error(&["--election-timeout", "400"])
+                .contains("--election-timeout (400 ms) must be at least 5 times")
+        );
+        assert!(error(&["--election-timeout", "60000"]).contains("at most 50000"));
+        assert!(error(&["--heartbeat-interval", "0"]).contains("--heartbeat-interval"));
+        assert!(error(&["--snapshot-count", "0"]).contains("--snapshot-count"));
+        assert!(error(&["--listen-peer-urls", "localhost:2380"]).contains("--listen-peer-urls"));
+        assert!(
+            error(&["--listen-client-urls", "https://127.0.0.1:2379"]).contains("must use http://")
+        );
+        assert!(
+            error(&["--initial-advertise-peer-urls", "http://127.0.0.1"]).contains("has no port")
+        );
+        assert!(
+            error(&["--initial-cluster", "other=http://127.0.0.1:2380"])
+                .contains("does not list this member")
+        );
+        assert!(
+            error(&["--initial-cluster", "default=http://127.0.0.9:2380"])
+                .contains("--initial-advertise-peer-urls says")
+        );
+        assert!(error(&["--initial-cluster", "default"]).contains("is not name=url"));
+        assert!(error(&["--name", "a b"]).contains("--name"));
+        assert!(
+            error(&[
+                "--initial-cluster",
+                "default=http://127.0.0.1:2380,x=http://127.0.0.1:2380"
+            ])
+            .contains("to both")
+        );
+    }
+
+    #[test]
+    fn every_flag_reads_a_muster_environment_variable() {
+        // clap reads MUSTER_* when a flag is absent. Rather than mutate the
+        // process environment (other tests run in parallel), check that every
+        // flag is wired to its variable.
+        let cmd = <MemberConfig as clap::CommandFactory>::command();
+        let flags: Vec<_> = cmd
+            .get_arguments()
+            .filter(|a| a.get_long().is_some_and(|l| l != "help" && l != "version"))
+            .collect();
+        assert_eq!(flags.len(), 12, "every setting is a flag");
+        for flag in flags {
+            let long = flag.get_long().unwrap_or_default();
+            let expected = format!("MUSTER_{}", long.to_uppercase().replace('-', "_"));
+            assert_eq!(
+                flag.get_env().map(|e| e.to_os_string()),
+                Some(expected.into()),
+                "--{long}"
+            );
+        }
+    }
+}
