@@ -72,6 +72,21 @@ pub enum Error {
     /// A background task (snapshot serialisation) panicked or was cancelled.
     #[error("background task failed: {0}")]
     Task(String),
+    /// A write reached a member that is not the leader. `leader` and
+    /// `leader_addr` (its peer address) name the leader when this member
+    /// knows it; forward the write there.
+    #[error("not the leader (leader: {leader:?} at {leader_addr:?})")]
+    NotLeader {
+        /// The leader's ID, if known.
+        leader: Option<u64>,
+        /// The leader's peer address (`host:port`), if known.
+        leader_addr: Option<String>,
+    },
+    /// openraft refused or failed a request: the Raft node has stopped
+    /// (shut down or a storage failure), or a membership request was
+    /// invalid.
+    #[error("raft: {0}")]
+    Raft(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl Error {

@@ -16,11 +16,25 @@
 //! A member keeps the two in separate directories, e.g.
 //! `<data>/raft-log` for [`LogStore::open`] (sled owns that directory) and
 //! `<data>/state` for [`StateMachine::open`] (snapshots under
-//! `<data>/state/snapshots`). Wiring them into an [`openraft::Raft`] with
-//! [`raft_config`]'s timings is the server's job.
+//! `<data>/state/snapshots`).
+//!
+//! [`RaftNode`] wires them into an [`openraft::Raft`] with
+//! [`RaftNodeConfig`]'s timings and snapshot policy, and serves the peer
+//! transport ([`network`]: a gRPC service for members only, carrying
+//! openraft's messages bincode-encoded) on a listener the caller has bound:
+//!
+//! ```text
+//!   member A                                      member B
+//!   RaftNode::write ─▶ openraft ─▶ PeerNetwork ──gRPC──▶ PeerService ─▶ openraft
+//! ```
+//!
+//! A write is acknowledged once it is applied on the leader, which is after
+//! a majority flushed it to sled.
 
 mod error;
 mod log_store;
+pub mod network;
+mod node;
 mod record;
 mod snapshot_file;
 mod state_machine;
@@ -28,6 +42,8 @@ mod types;
 
 pub use error::Error;
 pub use log_store::LogStore;
+pub use network::{FaultInjector, PeerNetwork, PeerNetworkFactory, PeerService};
+pub use node::{DEFAULT_SNAPSHOT_LOGS, MAX_SNAPSHOT_KEEP_LOGS, RaftNode, RaftNodeConfig};
 pub use state_machine::{AppliedEvents, DEFAULT_EVENT_CAPACITY, MAX_EVENT_CAPACITY, StateMachine};
 pub use types::{
     CommandResult, DEFAULT_ELECTION_TIMEOUT_MS, DEFAULT_HEARTBEAT_MS, Entry,

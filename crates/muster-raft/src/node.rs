@@ -1,0 +1,335 @@
+//! One Raft member: log store, state machine, peer transport and openraft,
+//! wired together and serving the peer service on an already-bound
+//! listener.
+//!
+//! ```text
+//!   <data_dir>/raft-log   LogStore (sled: log + vote)
+//!   <data_dir>/state      StateMachine (snapshots under state/snapshots)
+//!
+//!   TcpListener ──▶ PeerService ──▶ openraft::Raft ──▶ PeerNetworkFactory ──▶ peers
+//! ```
+//!
+//! Invariants:
+//!
+//! - The caller binds the listener (port 0 in tests), so the peer address is
+//!   known before the member starts and there is no bind race.
+//! - `BasicNode::addr` of every member is its peer address, `host:port`;
+//!   that is what [`RaftNode::initialize`] must be given.
+//! - Restarting on the same `data_dir` recovers everything acknowledged:
+//!   the vote and log from sled, the state from the newest snapshot plus
+//!   the log after it. The membership (and so the peer addresses) comes
+//!   back from the log, so a restarted member must listen on its old
+//!   address.
+//! - [`RaftNode::shutdown`] stops the peer server before openraft, and the
+//!   sled database closes when the last handle (the `RaftNode` and any
+//!   [`RaftNode::raft`] clones) is dropped.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use muster_core::Command;
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::{BasicNode, SnapshotPolicy};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::error::Error;
+use crate::log_store::LogStore;
+use crate::network::{FaultInjector, PeerNetworkFactory, PeerService};
+use crate::state_machine::StateMachine;
+use crate::types::{
+    CommandResult, DEFAULT_ELECTION_TIMEOUT_MS, DEFAULT_HEARTBEAT_MS, NodeId, Raft, raft_config,
+};
+
+/// Log entries applied since the last snapshot that trigger a new one
+/// (etcd's default `--snapshot-count`).
+pub const DEFAULT_SNAPSHOT_LOGS: u64 = 100_000;
+
+/// Most log entries kept behind a snapshot, so a follower that is only a
+/// little behind catches up from the log rather than a whole snapshot
+/// (etcd's `SnapshotCatchUpEntries`). [`RaftNodeConfig::snapshot_keep_logs`]
+/// keeps a tenth of the snapshot interval, at most this many.
+pub const MAX_SNAPSHOT_KEEP_LOGS: u64 = 5_000;
+
+/// How long [`RaftNode::shutdown`] waits for the peer server to drain its
+/// in-flight calls before it stops it outright.
+const SERVER_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a [`RaftNode`] needs to start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RaftNodeConfig {
+    /// This member's ID, unique in the cluster and never reused.
+    pub id: NodeId,
+    /// The member's data directory: the log store goes in `raft-log`, the
+    /// state machine and its snapshots in `state`.
+    pub data_dir: PathBuf,
+    /// Heartbeat interval in milliseconds (etcd's default: 100).
+    pub heartbeat_ms: u64,
+    /// Election timeout in milliseconds (etcd's default: 1000); each
+    /// election waits a random time in `[t, 2t)`.
+    pub election_timeout_ms: u64,
+    /// Take a snapshot after this many entries since the last one
+    /// (openraft's `SnapshotPolicy::LogsSinceLast`; etcd's
+    /// `--snapshot-count`).
+    pub snapshot_logs: u64,
+}
+
+impl RaftNodeConfig {
+    /// A configuration with etcd's timings and snapshot defaults
+    /// ([`DEFAULT_HEARTBEAT_MS`], [`DEFAULT_ELECTION_TIMEOUT_MS`],
+    /// [`DEFAULT_SNAPSHOT_LOGS`]).
+    pub fn new(id: NodeId, data_dir: impl Into<PathBuf>) -> Self {
+        RaftNodeConfig {
+            id,
+            data_dir: data_dir.into(),
+            heartbeat_ms: DEFAULT_HEARTBEAT_MS,
+            election_timeout_ms: DEFAULT_ELECTION_TIMEOUT_MS,
+            snapshot_logs: DEFAULT_SNAPSHOT_LOGS,
+        }
+    }
+
+    /// Entries kept in the log behind a snapshot (openraft's
+    /// `max_in_snapshot_log_to_keep`): a tenth of
+    /// [`RaftNodeConfig::snapshot_logs`], at most
+    /// [`MAX_SNAPSHOT_KEEP_LOGS`]. A follower further behind than this
+    /// receives the snapshot instead of the log.
+    pub fn snapshot_keep_logs(&self) -> u64 {
+        (self.snapshot_logs / 10).min(MAX_SNAPSHOT_KEEP_LOGS)
+    }
+
+    /// The openraft configuration for these settings, validated.
+    pub fn openraft_config(&self) -> Result<openraft::Config, Error> {
+        openraft::Config {
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_logs.max(1)),
+            max_in_snapshot_log_to_keep: self.snapshot_keep_logs(),
+            ..raft_config(self.heartbeat_ms, self.election_timeout_ms)?
+        }
+        .validate()
+        .map_err(|e| Error::Config(Box::new(e)))
+    }
+
+    /// The log store's directory.
+    pub fn log_dir(&self) -> PathBuf {
+        self.data_dir.join("raft-log")
+    }
+
+    /// The state machine's directory.
+    pub fn state_dir(&self) -> PathBuf {
+        self.data_dir.join("state")
+    }
+}
+
+/// The running peer server.
+#[derive(Debug)]
+struct PeerServer {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+/// A running Raft member: openraft over muster's log store and state
+/// machine, serving the peer service.
+pub struct RaftNode {
+    id: NodeId,
+    peer_addr: SocketAddr,
+    raft: Raft,
+    state_machine: StateMachine,
+    log_store: LogStore,
+    faults: FaultInjector,
+    server: Mutex<Option<PeerServer>>,
+}
+
+impl std::fmt::Debug for RaftNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftNode")
+            .field("id", &self.id)
+            .field("peer_addr", &self.peer_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RaftNode {
+    /// Opens the member's stores under `config.data_dir`, starts openraft
+    /// and serves the peer service on `listener`.
+    ///
+    /// A member starting on an empty directory is a pristine learner until
+    /// [`RaftNode::initialize`] (on one member) makes it part of a cluster;
+    /// one restarting on an existing directory resumes where it stopped.
+    pub async fn start(config: RaftNodeConfig, listener: TcpListener) -> Result<RaftNode, Error> {
+        Self::start_with_faults(config, listener, FaultInjector::default()).await
+    }
+
+    /// As [`RaftNode::start`], sending every peer message through `faults`
+    /// (for tests: share one injector between the members of a cluster).
+    pub async fn start_with_faults(
+        config: RaftNodeConfig,
+        listener: TcpListener,
+        faults: FaultInjector,
+    ) -> Result<RaftNode, Error> {
+        let raft_config = Arc::new(config.openraft_config()?);
+        let peer_addr = listener
+            .local_addr()
+            .map_err(|e| Error::io(config.data_dir.clone(), e))?;
+        let log_store = LogStore::open(config.log_dir()).await?;
+        let state_machine = StateMachine::open(config.state_dir()).await?;
+        let network = PeerNetworkFactory::new(config.id, faults.clone());
+        let raft = Raft::new(
+            config.id,
+            raft_config,
+            network,
+            log_store.clone(),
+            state_machine.clone(),
+        )
+        .await
+        .map_err(|e| Error::Raft(Box::new(e)))?;
+
+        let (stop, stopped) = oneshot::channel::<()>();
+        let service = PeerService::new(raft.clone()).into_server();
+        let incoming = TcpListenerStream::new(listener);
+        let task = tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        tracing::info!(id = config.id, %peer_addr, "raft member started");
+
+        Ok(RaftNode {
+            id: config.id,
+            peer_addr,
+            raft,
+            state_machine,
+            log_store,
+            faults,
+            server: Mutex::new(Some(PeerServer { stop, task })),
+        })
+    }
+
+    /// This member's ID.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The address the peer service listens on.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer_addr
+    }
+
+    /// The openraft handle: metrics, waits, membership changes, reads.
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// The replicated state machine: the applied store and its events.
+    pub fn state_machine(&self) -> &StateMachine {
+        &self.state_machine
+    }
+
+    /// The sled log store (for its size on disk).
+    pub fn log_store(&self) -> &LogStore {
+        &self.log_store
+    }
+
+    /// The fault injector this member sends through.
+    pub fn faults(&self) -> &FaultInjector {
+        &self.faults
+    }
+
+    /// Forms a cluster of `members` (ID → `BasicNode` with the peer
+    /// address). Call it on one member of a new cluster; on a member that
+    /// is already initialized it does nothing and succeeds.
+    pub async fn initialize(&self, members: BTreeMap<NodeId, BasicNode>) -> Result<(), Error> {
+        match self.raft.initialize(members).await {
+            Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+            Err(e) => Err(Error::Raft(Box::new(e))),
+        }
+    }
+
+    /// Proposes `command` and waits until it is committed and applied on
+    /// this member (the leader).
+    ///
+    /// On a follower this fails with [`Error::NotLeader`], naming the leader
+    /// when known. A command the core refuses is not an error here: it is
+    /// applied as [`CommandResult::Failed`] on every replica.
+    pub async fn write(&self, command: Command) -> Result<CommandResult, Error> {
+        match self.raft.client_write(command).await {
+            Ok(response) => Ok(response.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                Err(Error::NotLeader {
+                    leader: forward.leader_id,
+                    leader_addr: forward.leader_node.map(|node| node.addr),
+                })
+            }
+            Err(e) => Err(Error::Raft(Box::new(e))),
+        }
+    }
+
+    /// Stops the peer server and then openraft. Idempotent. The stores
+    /// close when this `RaftNode` (and every clone of [`RaftNode::raft`]) is
+    /// dropped.
+    pub async fn shutdown(&self) -> Result<(), Error> {
+        let server = self.server.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(PeerServer { stop, mut task }) = server {
+            let _ = stop.send(());
+            match tokio::time::timeout(SERVER_DRAIN_TIMEOUT, &mut task).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(error))) => tracing::warn!(id = self.id, %error, "peer server failed"),
+                Ok(Err(error)) => tracing::warn!(id = self.id, %error, "peer server task failed"),
+                Err(_) => {
+                    tracing::warn!(
+                        id = self.id,
+                        "peer server did not drain in time; aborting it"
+                    );
+                    task.abort();
+                }
+            }
+        }
+        self.raft
+            .shutdown()
+            .await
+            .map_err(|e| Error::Task(e.to_string()))?;
+        tracing::info!(id = self.id, "raft member stopped");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_etcds_and_validate() {
+        let config = RaftNodeConfig::new(1, "/tmp/unused");
+        assert_eq!(config.snapshot_keep_logs(), MAX_SNAPSHOT_KEEP_LOGS);
+        let raft = config.openraft_config().expect("valid");
+        assert_eq!(raft.heartbeat_interval, DEFAULT_HEARTBEAT_MS);
+        assert_eq!(raft.election_timeout_min, DEFAULT_ELECTION_TIMEOUT_MS);
+        assert_eq!(
+            raft.snapshot_policy,
+            SnapshotPolicy::LogsSinceLast(DEFAULT_SNAPSHOT_LOGS)
+        );
+        assert_eq!(raft.max_in_snapshot_log_to_keep, MAX_SNAPSHOT_KEEP_LOGS);
+    }
+
+    #[test]
+    fn a_short_snapshot_interval_keeps_a_tenth_of_it() {
+        let config = RaftNodeConfig {
+            snapshot_logs: 50,
+            ..RaftNodeConfig::new(1, "/tmp/unused")
+        };
+        assert_eq!(config.snapshot_keep_logs(), 5);
+        assert_eq!(
+            config
+                .openraft_config()
+                .expect("valid")
+                .max_in_snapshot_log_to_keep,
+            5
+        );
+    }
+}
