@@ -1,0 +1,132 @@
+//! `muster`: one member of a muster cluster.
+//!
+//! Start-up order, each step refusing with a clear message before anything
+//! is written if it cannot go on: validate the flags (the message names the
+//! setting), check the data dir's identity (a restart rejoins; another
+//! cluster's data dir is refused), bind the peer listener, start the Raft
+//! node, and on the first start of a new cluster bootstrap it with the
+//! `--initial-cluster` members (every member does this with the same
+//! membership, which openraft accepts). SIGTERM or Ctrl-C shuts the member
+//! down cleanly.
+
+use std::collections::BTreeMap;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use muster_raft::{RaftNode, RaftNodeConfig};
+use muster_server::config::{ClusterState, Member, MemberConfig};
+use muster_server::identity::{self, Identity, Startup};
+use openraft::BasicNode;
+use tokio::net::TcpListener;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("info,openraft=warn,sled=warn")
+            }),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let member = MemberConfig::parse().validate()?;
+    run(member).await
+}
+
+async fn run(member: Member) -> anyhow::Result<()> {
+    let shutdown = Shutdown::install().context("installing signal handlers")?;
+    let identity = Identity {
+        cluster_id: member.cluster_id,
+        member_id: member.id,
+        name: member.name.clone(),
+    };
+    let startup = identity::check_or_create(&member.data_dir, &identity)?;
+
+    let peer_url = &member.listen_peer_urls[0];
+    let listener = TcpListener::bind(&peer_url.authority)
+        .await
+        .with_context(|| format!("--listen-peer-urls: cannot listen on {}", peer_url.url))?;
+    let node = RaftNode::start(
+        RaftNodeConfig {
+            id: member.id,
+            data_dir: member.data_dir.clone(),
+            heartbeat_ms: member.heartbeat_ms,
+            election_timeout_ms: member.election_timeout_ms,
+            snapshot_logs: member.snapshot_count,
+        },
+        listener,
+    )
+    .await
+    .context("starting the Raft node")?;
+
+    if startup == Startup::Fresh && member.cluster_state == ClusterState::New {
+        let members: BTreeMap<u64, BasicNode> = member
+            .initial_members
+            .iter()
+            .map(|(&id, m)| {
+                (
+                    id,
+                    BasicNode {
+                        addr: m.peer_urls[0].authority.clone(),
+                    },
+                )
+            })
+            .collect();
+        node.initialize(members)
+            .await
+            .context("bootstrapping the cluster")?;
+    }
+    tracing::info!(
+        name = %member.name,
+        member = format_args!("{:016x}", member.id),
+        cluster = format_args!("{:016x}", member.cluster_id),
+        peers = %peer_url.url,
+        data_dir = %member.data_dir.display(),
+        restart = startup == Startup::Restart,
+        "member started"
+    );
+
+    shutdown.wait().await;
+    tracing::info!("shutting down");
+    node.shutdown().await.context("shutting down")?;
+    Ok(())
+}
+
+/// SIGTERM and SIGINT handlers, installed before the member starts so a
+/// signal that arrives during start-up still shuts it down cleanly.
+struct Shutdown {
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Shutdown {
+    fn install() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Shutdown {
+                terminate: signal(SignalKind::terminate())?,
+                interrupt: signal(SignalKind::interrupt())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Shutdown {})
+    }
+
+    /// Resolves when either signal has arrived (also before this call).
+    async fn wait(mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = &mut self;
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
