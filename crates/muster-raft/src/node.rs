@@ -20,11 +20,17 @@
 //!   the log after it. The membership (and so the peer addresses) comes
 //!   back from the log, so a restarted member must listen on its old
 //!   address.
+//! - Membership changes go through the leader (a follower answers
+//!   [`Error::NotLeader`], as for writes) and use openraft's joint
+//!   consensus: [`RaftNode::add_learner`] (returns once the new member has
+//!   caught up), [`RaftNode::promote`] (learner → voter),
+//!   [`RaftNode::remove`] (out of voters and learners; the leader may remove
+//!   itself). [`RaftNode::members`] is this member's current view.
 //! - [`RaftNode::shutdown`] stops the peer server before openraft, and the
 //!   sled database closes when the last handle (the `RaftNode` and any
 //!   [`RaftNode::raft`] clones) is dropped.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -32,7 +38,7 @@ use std::time::Duration;
 
 use muster_core::Command;
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
-use openraft::{BasicNode, SnapshotPolicy};
+use openraft::{BasicNode, ChangeMembers, SnapshotPolicy};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -70,8 +76,9 @@ pub struct RaftNodeConfig {
     pub data_dir: PathBuf,
     /// Heartbeat interval in milliseconds (etcd's default: 100).
     pub heartbeat_ms: u64,
-    /// Election timeout in milliseconds (etcd's default: 1000); each
-    /// election waits a random time in `[t, 2t)`.
+    /// Election timeout in milliseconds (etcd's default: 1000): a follower
+    /// that stops hearing from the leader campaigns after a random
+    /// `[1.5 t, 2 t)` (see [`crate::raft_config`]).
     pub election_timeout_ms: u64,
     /// Take a snapshot after this many entries since the last one
     /// (openraft's `SnapshotPolicy::LogsSinceLast`; etcd's
@@ -121,6 +128,26 @@ impl RaftNodeConfig {
     /// The state machine's directory.
     pub fn state_dir(&self) -> PathBuf {
         self.data_dir.join("state")
+    }
+}
+
+/// The cluster's members as one member currently sees them: the voters and
+/// the learners, each with its peer address (`host:port`).
+///
+/// During a joint-consensus change the voters of both configurations are
+/// listed as voters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Members {
+    /// Members that vote (and so count towards the quorum), by ID.
+    pub voters: BTreeMap<NodeId, String>,
+    /// Members that receive the log but do not vote, by ID.
+    pub learners: BTreeMap<NodeId, String>,
+}
+
+impl Members {
+    /// Whether `id` is a voter or a learner.
+    pub fn contains(&self, id: NodeId) -> bool {
+        self.voters.contains_key(&id) || self.learners.contains_key(&id)
     }
 }
 
@@ -258,15 +285,96 @@ impl RaftNode {
     /// when known. A command the core refuses is not an error here: it is
     /// applied as [`CommandResult::Failed`] on every replica.
     pub async fn write(&self, command: Command) -> Result<CommandResult, Error> {
-        match self.raft.client_write(command).await {
-            Ok(response) => Ok(response.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
-                Err(Error::NotLeader {
-                    leader: forward.leader_id,
-                    leader_addr: forward.leader_node.map(|node| node.addr),
-                })
-            }
-            Err(e) => Err(Error::Raft(Box::new(e))),
+        self.raft
+            .client_write(command)
+            .await
+            .map(|response| response.data)
+            .map_err(client_write_error)
+    }
+
+    /// Adds member `id`, whose peer service listens on `addr` (`host:port`),
+    /// as a learner, and waits until the leader sees it caught up with the
+    /// log (openraft's blocking `add_learner`), so promoting it next does
+    /// not stall the cluster.
+    ///
+    /// The new member must have been started (on an empty data directory,
+    /// not initialized) before. Adding a member that is already a voter or
+    /// learner re-adds it with its old address (the address is not
+    /// replaced). The wait is not bounded: wrap the call in a timeout.
+    ///
+    /// On a follower this fails with [`Error::NotLeader`].
+    pub async fn add_learner(&self, id: NodeId, addr: String) -> Result<(), Error> {
+        self.raft
+            .add_learner(id, BasicNode::new(addr), true)
+            .await
+            .map(drop)
+            .map_err(client_write_error)
+    }
+
+    /// Makes learner `id` a voter, keeping every other voter and learner,
+    /// through joint consensus (returns once the final configuration is
+    /// committed).
+    ///
+    /// Fails with [`Error::Raft`] when `id` is not a learner (add it with
+    /// [`RaftNode::add_learner`] first), and on a follower with
+    /// [`Error::NotLeader`].
+    pub async fn promote(&self, id: NodeId) -> Result<(), Error> {
+        self.raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true)
+            .await
+            .map(drop)
+            .map_err(client_write_error)
+    }
+
+    /// Removes member `id` from the cluster: from the voters (through joint
+    /// consensus) and from the learners, so nothing is replicated to it any
+    /// more. Returns once the configuration without it is committed; the
+    /// removed member can then be shut down.
+    ///
+    /// The leader may remove itself: it keeps leading until the
+    /// configuration without it is committed, then steps down and the
+    /// remaining voters elect a new leader (after the leader lease, see
+    /// [`crate::raft_config`]). Removing a member that is not in the
+    /// cluster succeeds and changes nothing.
+    ///
+    /// On a follower this fails with [`Error::NotLeader`].
+    pub async fn remove(&self, id: NodeId) -> Result<(), Error> {
+        let ids = BTreeSet::from([id]);
+        // Not retained: a removed voter leaves the node set too.
+        let response = self
+            .raft
+            .change_membership(ChangeMembers::RemoveVoters(ids.clone()), false)
+            .await
+            .map_err(client_write_error)?;
+        // A member that was only a learner is still there.
+        let still_learner = response
+            .membership
+            .is_none_or(|membership| membership.get_node(&id).is_some());
+        if still_learner {
+            self.raft
+                .change_membership(ChangeMembers::RemoveNodes(ids), false)
+                .await
+                .map_err(client_write_error)?;
+        }
+        Ok(())
+    }
+
+    /// The voters and learners with their peer addresses, from the newest
+    /// membership configuration this member knows (it may not be committed
+    /// yet, and a lagging follower may not know the newest one).
+    pub fn members(&self) -> Members {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let membership = metrics.membership_config.membership();
+        let addr = |id: &NodeId| {
+            membership
+                .get_node(id)
+                .map(|node| node.addr.clone())
+                .unwrap_or_default()
+        };
+        Members {
+            voters: membership.voter_ids().map(|id| (id, addr(&id))).collect(),
+            learners: membership.learner_ids().map(|id| (id, addr(&id))).collect(),
         }
     }
 
@@ -299,6 +407,18 @@ impl RaftNode {
     }
 }
 
+/// openraft's refusal of a client write or membership change as muster's
+/// error: [`Error::NotLeader`] when this member does not lead.
+fn client_write_error(error: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Error {
+    match error {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => Error::NotLeader {
+            leader: forward.leader_id,
+            leader_addr: forward.leader_node.map(|node| node.addr),
+        },
+        e => Error::Raft(Box::new(e)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -309,7 +429,7 @@ mod tests {
         assert_eq!(config.snapshot_keep_logs(), MAX_SNAPSHOT_KEEP_LOGS);
         let raft = config.openraft_config().expect("valid");
         assert_eq!(raft.heartbeat_interval, DEFAULT_HEARTBEAT_MS);
-        assert_eq!(raft.election_timeout_min, DEFAULT_ELECTION_TIMEOUT_MS);
+        assert_eq!(raft.election_timeout_max, DEFAULT_ELECTION_TIMEOUT_MS);
         assert_eq!(
             raft.snapshot_policy,
             SnapshotPolicy::LogsSinceLast(DEFAULT_SNAPSHOT_LOGS)

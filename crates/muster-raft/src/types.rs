@@ -7,10 +7,10 @@
 //! [`CommandResult::Failed`], never as a storage error: storage errors stop
 //! the Raft node.
 //!
-//! Timing follows etcd: heartbeat 100 ms, election timeout 1000 ms. openraft
-//! draws each election timeout from `[min, max)`, so a configured election
-//! timeout `t` becomes `min = t`, `max = 2t`, like etcd's randomised
-//! `[t, 2t)`.
+//! Timing follows etcd: heartbeat 100 ms, election timeout 1000 ms. How a
+//! configured election timeout `t` maps onto openraft is explained at
+//! [`raft_config`]: a follower that stops hearing from its leader campaigns
+//! after a random `[1.5 t, 2 t)` of silence, inside etcd's `[t, 2 t)`.
 
 use std::io::Cursor;
 
@@ -76,12 +76,32 @@ pub const DEFAULT_ELECTION_TIMEOUT_MS: u64 = 1000;
 pub const INSTALL_SNAPSHOT_TIMEOUT_MS: u64 = 10_000;
 
 /// The openraft configuration for the given heartbeat interval and election
-/// timeout (etcd's defaults: [`DEFAULT_HEARTBEAT_MS`],
+/// timeout `t` (etcd's defaults: [`DEFAULT_HEARTBEAT_MS`],
 /// [`DEFAULT_ELECTION_TIMEOUT_MS`]), validated.
 ///
-/// The election timeout is randomised in `[election_timeout_ms,
-/// 2 * election_timeout_ms)`. Fails when the heartbeat is not shorter than
-/// the election timeout, or the election timeout is zero.
+/// etcd's follower campaigns after a random `[t, 2 t)` without a heartbeat.
+/// openraft 0.9 works differently, and that decides the mapping:
+///
+/// - Each member draws *one* election timeout `e` from
+///   `[election_timeout_min, election_timeout_max)` when it starts
+///   (`EngineConfig::new`).
+/// - The leader lease is `election_timeout_max` itself; no `Config` field
+///   sets it separately. A follower whose vote is committed (it knows a
+///   leader) campaigns only once `lease + e` has passed since it last heard
+///   from the leader (`RaftCore::handle_tick_election`), and refuses votes
+///   while its own lease runs (`Engine::handle_vote_req`). Elections are
+///   checked on a tick every `1.5 × heartbeat`.
+///
+/// So a follower waits `max + [min, max)` after the last heartbeat. With
+/// `min = t/2` and `max = t` that is `[1.5 t, 2 t)`: randomised over half
+/// an election timeout and within etcd's window, so at the defaults a new
+/// leader is elected within about 2.2 s of the old one's last heartbeat
+/// (rather than the `[3 t, 4 t)` that `[t, 2 t)` would give). A candidate
+/// whose vote is not committed (a split vote, a fresh start) retries after
+/// its own `e` alone, `[t/2, t)`.
+///
+/// Fails when the heartbeat is not shorter than `t/2` (etcd itself wants
+/// `t ≥ 5 × heartbeat`).
 pub fn raft_config(
     heartbeat_ms: u64,
     election_timeout_ms: u64,
@@ -89,8 +109,8 @@ pub fn raft_config(
     openraft::Config {
         cluster_name: "muster".to_string(),
         heartbeat_interval: heartbeat_ms,
-        election_timeout_min: election_timeout_ms,
-        election_timeout_max: election_timeout_ms.saturating_mul(2),
+        election_timeout_min: election_timeout_ms / 2,
+        election_timeout_max: election_timeout_ms,
         install_snapshot_timeout: INSTALL_SNAPSHOT_TIMEOUT_MS,
         ..Default::default()
     }
@@ -107,13 +127,21 @@ mod tests {
         let config =
             raft_config(DEFAULT_HEARTBEAT_MS, DEFAULT_ELECTION_TIMEOUT_MS).expect("valid config");
         assert_eq!(config.heartbeat_interval, 100);
-        assert_eq!(config.election_timeout_min, 1000);
-        assert_eq!(config.election_timeout_max, 2000);
+        assert_eq!(config.election_timeout_min, 500);
+        assert_eq!(config.election_timeout_max, 1000);
         assert_eq!(config.install_snapshot_timeout, 10_000);
     }
 
     #[test]
     fn a_heartbeat_longer_than_the_election_timeout_is_refused() {
         assert!(raft_config(2000, 1000).is_err());
+        // The heartbeat must fit inside half the election timeout.
+        assert!(raft_config(500, 1000).is_err());
+        assert!(raft_config(499, 1000).is_ok());
+    }
+
+    #[test]
+    fn a_zero_election_timeout_is_refused() {
+        assert!(raft_config(0, 0).is_err());
     }
 }

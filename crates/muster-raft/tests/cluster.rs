@@ -326,10 +326,11 @@ async fn a_new_leader_takes_over_when_the_leader_stops() {
     eprintln!("leader {old_leader} stopped; {new_leader} leads after {failover:?}");
     assert_ne!(new_leader, old_leader);
     // openraft 0.9 makes a follower whose vote is committed wait out the
-    // leader lease (= election_timeout_max = 2t) plus one randomised
-    // election timeout in [t, 2t) after the last heartbeat before it
-    // campaigns, so failover takes 3t..4t plus one vote round, not etcd's
-    // t..2t. Allow scheduling slack on a busy machine on top of 4t.
+    // leader lease (= election_timeout_max = t) plus its randomised election
+    // timeout in [t/2, t) after the last heartbeat before it campaigns, so
+    // failover takes 1.5t..2t plus a vote round (etcd: t..2t). This bound is
+    // generous for busy machines and split votes; tests/failover.rs holds
+    // the tight one at the default timings.
     assert!(
         failover < Duration::from_millis(4 * ELECTION_TIMEOUT_MS + 1_000),
         "failover took {failover:?}"
