@@ -160,3 +160,123 @@ fn bad_flags_are_refused_naming_the_setting() {
         "nothing is written before validation passes"
     );
 }
+
+/// The value of ` key=` in a log line (space-delimited fields).
+fn field<'l>(line: &'l str, key: &str) -> Option<&'l str> {
+    let start = line.find(&format!(" {key}="))? + key.len() + 2;
+    line[start..].split_whitespace().next()
+}
+
+#[test]
+fn three_members_elect_a_leader_and_elect_another_after_kill_9() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let peers: Vec<String> = (0..3)
+        .map(|_| format!("http://127.0.0.1:{}", free_port()))
+        .collect();
+    let cluster: Vec<String> = peers
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("m{i}={p}"))
+        .collect();
+    let cluster = cluster.join(",");
+    let (lines, log) = mpsc::channel::<(usize, String)>();
+    let spawned_at = std::time::Instant::now();
+    let mut children: Vec<Child> = (0..3)
+        .map(|i| {
+            let client = format!("http://127.0.0.1:{}", free_port());
+            let data = dir.path().join(format!("m{i}"));
+            let args = [
+                "--name",
+                &format!("m{i}"),
+                "--data-dir",
+                &data.display().to_string(),
+                "--listen-peer-urls",
+                &peers[i],
+                "--initial-advertise-peer-urls",
+                &peers[i],
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+                "--initial-cluster",
+                &cluster,
+                "--initial-cluster-token",
+                "three",
+            ]
+            .map(str::to_string);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let mut child = muster(&args).spawn().expect("spawn muster");
+            let stderr = child.stderr.take().expect("stderr");
+            let lines = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    let _ = lines.send((i, line));
+                }
+            });
+            child
+        })
+        .collect();
+
+    // Learn each member's ID and the first leader, bounded.
+    let mut member_of: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut leader: Option<(String, Duration)> = None;
+    while member_of.len() < 3 || leader.is_none() {
+        let (i, line) = log
+            .recv_timeout(START_TIMEOUT)
+            .expect("members start and elect a leader");
+        // The binary's own start line carries ` member=<id>` (the Raft
+        // layer logs a start line of its own without it).
+        if line.contains("member started")
+            && let Some(id) = field(&line, "member")
+        {
+            member_of.insert(id.to_string(), i);
+        }
+        if line.contains("leader elected") && leader.is_none() {
+            leader = Some((
+                field(&line, "leader").expect("leader id").to_string(),
+                spawned_at.elapsed(),
+            ));
+        }
+    }
+    let (old_leader, elected_after) = leader.expect("a leader");
+    eprintln!(
+        "three spawned members: leader {old_leader} elected {elected_after:?} after spawning"
+    );
+    assert!(
+        elected_after < Duration::from_secs(3),
+        "first election took {elected_after:?}"
+    );
+
+    // kill -9 the leader: its connections just die.
+    let victim = member_of[&old_leader];
+    children[victim].kill().expect("SIGKILL");
+    children[victim].wait().expect("reap");
+    let killed_at = std::time::Instant::now();
+    let new_leader = loop {
+        let (i, line) = log
+            .recv_timeout(START_TIMEOUT)
+            .expect("a new leader after kill -9");
+        if i != victim
+            && line.contains("leader elected")
+            && let Some(id) = field(&line, "leader")
+            && id != old_leader
+        {
+            break id.to_string();
+        }
+    };
+    let failover = killed_at.elapsed();
+    eprintln!("after kill -9 of {old_leader}: {new_leader} elected in {failover:?}");
+    // One election round takes 1.5..2 election timeouts after the last
+    // heartbeat; a split vote adds a round. tests/failover.rs in muster-raft
+    // holds the tight bound at these default timings.
+    assert!(
+        failover < Duration::from_secs(6),
+        "re-election took {failover:?}"
+    );
+
+    for (i, child) in children.into_iter().enumerate() {
+        if i != victim {
+            terminate(child);
+        }
+    }
+}

@@ -87,10 +87,42 @@ async fn run(member: Member) -> anyhow::Result<()> {
         "member started"
     );
 
+    let leader_log = tokio::spawn(log_leader_changes(node.raft().metrics(), member.id));
+
     shutdown.wait().await;
+    leader_log.abort();
     tracing::info!("shutting down");
     node.shutdown().await.context("shutting down")?;
     Ok(())
+}
+
+/// Logs every change of leader or term this member observes, so operators
+/// (and the process tests) can see elections happen.
+async fn log_leader_changes(
+    mut metrics: tokio::sync::watch::Receiver<openraft::RaftMetrics<u64, BasicNode>>,
+    me: u64,
+) {
+    let mut last = None;
+    loop {
+        let (term, leader) = {
+            let m = metrics.borrow_and_update();
+            (m.current_term, m.current_leader)
+        };
+        if last != Some((term, leader)) {
+            last = Some((term, leader));
+            if let Some(leader) = leader {
+                tracing::info!(
+                    term,
+                    leader = format_args!("{leader:016x}"),
+                    this_member = leader == me,
+                    "leader elected"
+                );
+            }
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// SIGTERM and SIGINT handlers, installed before the member starts so a
