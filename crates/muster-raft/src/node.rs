@@ -37,7 +37,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use muster_core::Command;
-use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
 use openraft::{BasicNode, ChangeMembers, SnapshotPolicy};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -290,6 +290,34 @@ impl RaftNode {
             .await
             .map(|response| response.data)
             .map_err(client_write_error)
+    }
+
+    /// Applies `command` through the leader, from any member.
+    ///
+    /// For now only the leader can submit (followers get
+    /// [`Error::NotLeader`]); forwarding over the peer channel comes next.
+    pub async fn submit(&self, command: Command) -> Result<CommandResult, Error> {
+        self.write(command).await
+    }
+
+    /// Waits until this member has applied every entry committed before the
+    /// call, so a read of its state machine afterwards is linearizable
+    /// (read-index: the leader confirms its leadership with a quorum).
+    ///
+    /// For now only the leader can answer (followers get
+    /// [`Error::NotLeader`]); asking the leader over the peer channel comes
+    /// next.
+    pub async fn read_barrier(&self) -> Result<(), Error> {
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
+                Err(Error::NotLeader {
+                    leader: forward.leader_id,
+                    leader_addr: forward.leader_node.map(|node| node.addr),
+                })
+            }
+            Err(e) => Err(Error::Raft(Box::new(e))),
+        }
     }
 
     /// Adds member `id`, whose peer service listens on `addr` (`host:port`),
