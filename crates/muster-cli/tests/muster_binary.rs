@@ -280,3 +280,84 @@ fn three_members_elect_a_leader_and_elect_another_after_kill_9() {
         }
     }
 }
+
+/// Runs etcdctl (v3 API) against `endpoint`, bounded; `None` if etcdctl is
+/// not installed (scripts/test.sh installs it, so CI always has it).
+fn etcdctl(endpoint: &str, args: &[&str]) -> Option<Output> {
+    let mut cmd = Command::new("etcdctl");
+    cmd.env("ETCDCTL_API", "3")
+        .args([
+            "--endpoints",
+            endpoint,
+            "--dial-timeout=3s",
+            "--command-timeout=5s",
+        ])
+        .args(args)
+        .stdin(Stdio::null());
+    match cmd.output() {
+        Ok(output) => Some(output),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => panic!("etcdctl failed to run: {e}"),
+    }
+}
+
+#[test]
+fn etcdctl_puts_gets_and_deletes_through_the_muster_binary() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let args = single("m1", &dir.path().join("m1"), "ctl");
+    let endpoint = args[9].clone();
+    let child = start(&args);
+    let run = |args: &[&str]| etcdctl(&endpoint, args);
+    let Some(put) = run(&["put", "/registry/services/api/1", "10.0.0.1:8080"]) else {
+        eprintln!(
+            "SKIPPED: etcdctl is not installed (scripts/test.sh installs Debian's etcd-client)"
+        );
+        terminate(child);
+        return;
+    };
+    let text = |o: &Output| String::from_utf8_lossy(&o.stdout).into_owned();
+    let err = |o: &Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(put.status.success(), "put failed: {}", err(&put));
+    assert_eq!(text(&put), "OK\n");
+    run(&["put", "/registry/services/api/2", "10.0.0.2:8080"]).expect("etcdctl");
+
+    let get = run(&["get", "/registry/services/", "--prefix"]).expect("etcdctl");
+    assert_eq!(
+        text(&get),
+        "/registry/services/api/1\n10.0.0.1:8080\n/registry/services/api/2\n10.0.0.2:8080\n",
+        "{}",
+        err(&get)
+    );
+    let json = run(&["get", "/registry/services/", "--prefix", "-w", "json"]).expect("etcdctl");
+    assert!(text(&json).contains("\"count\":2"), "{}", text(&json));
+    let serializable = run(&[
+        "get",
+        "/registry/services/api/2",
+        "--consistency=s",
+        "--print-value-only",
+    ])
+    .expect("etcdctl");
+    assert_eq!(
+        text(&serializable),
+        "10.0.0.2:8080\n",
+        "{}",
+        err(&serializable)
+    );
+
+    let del = run(&["del", "/registry/services/api/1"]).expect("etcdctl");
+    assert_eq!(text(&del), "1\n", "{}", err(&del));
+    let gone = run(&["get", "/registry/services/api/1"]).expect("etcdctl");
+    assert_eq!(text(&gone), "");
+
+    // An etcd error reaches etcdctl as etcd words it.
+    let compacted = run(&["compaction", "3"]).expect("etcdctl");
+    assert!(compacted.status.success(), "{}", err(&compacted));
+    let old = run(&["get", "/registry/services/api/2", "--rev", "2"]).expect("etcdctl");
+    assert!(!old.status.success());
+    assert!(
+        err(&old).contains("etcdserver: mvcc: required revision has been compacted"),
+        "{}",
+        err(&old)
+    );
+    terminate(child);
+}

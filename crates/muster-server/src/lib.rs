@@ -1,9 +1,12 @@
 //! muster-server: one member of a muster cluster.
 //!
 //! So far: the member's configuration ([`config`]: etcd's flag names,
-//! validation, member and cluster IDs) and its identity on disk
-//! ([`identity`]: a restart rejoins, another cluster's data dir is refused).
-//! The client API, watch hub and lessor come with the API work.
+//! validation, member and cluster IDs), its identity on disk ([`identity`]:
+//! a restart rejoins, another cluster's data dir is refused), and the etcd
+//! `KV` service ([`kv`]) with etcd's errors ([`status`]). The watch hub,
+//! lessor and the other services come with the rest of the API work.
 
 pub mod config;
 pub mod identity;
+pub mod kv;
+pub mod status;

@@ -10,12 +10,14 @@
 //! down cleanly.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser as _;
 use muster_raft::{RaftNode, RaftNodeConfig};
 use muster_server::config::{ClusterState, Member, MemberConfig};
 use muster_server::identity::{self, Identity, Startup};
+use muster_server::kv::{KvService, Limits};
 use openraft::BasicNode;
 use tokio::net::TcpListener;
 
@@ -47,6 +49,10 @@ async fn run(member: Member) -> anyhow::Result<()> {
     let listener = TcpListener::bind(&peer_url.authority)
         .await
         .with_context(|| format!("--listen-peer-urls: cannot listen on {}", peer_url.url))?;
+    let client_url = &member.listen_client_urls[0];
+    let client_listener = TcpListener::bind(&client_url.authority)
+        .await
+        .with_context(|| format!("--listen-client-urls: cannot listen on {}", client_url.url))?;
     let node = RaftNode::start(
         RaftNodeConfig {
             id: member.id,
@@ -59,6 +65,7 @@ async fn run(member: Member) -> anyhow::Result<()> {
     )
     .await
     .context("starting the Raft node")?;
+    let node = Arc::new(node);
 
     if startup == Startup::Fresh && member.cluster_state == ClusterState::New {
         let members: BTreeMap<u64, BasicNode> = member
@@ -82,15 +89,35 @@ async fn run(member: Member) -> anyhow::Result<()> {
         member = format_args!("{:016x}", member.id),
         cluster = format_args!("{:016x}", member.cluster_id),
         peers = %peer_url.url,
+        clients = %client_url.url,
         data_dir = %member.data_dir.display(),
         restart = startup == Startup::Restart,
         "member started"
     );
 
     let leader_log = tokio::spawn(log_leader_changes(node.raft().metrics(), member.id));
+    let (stop_clients, clients_stopped) = tokio::sync::oneshot::channel::<()>();
+    let kv = KvService::new(Arc::clone(&node), member.cluster_id, Limits::default());
+    let client_api = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(kv.into_server())
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(client_listener),
+                async {
+                    let _ = clients_stopped.await;
+                },
+            ),
+    );
 
     shutdown.wait().await;
     leader_log.abort();
+    let _ = stop_clients.send(());
+    match tokio::time::timeout(std::time::Duration::from_secs(5), client_api).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "client API stopped with an error"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "client API task failed"),
+        Err(_) => tracing::warn!("client API did not stop within 5 s"),
+    }
     tracing::info!("shutting down");
     node.shutdown().await.context("shutting down")?;
     Ok(())
