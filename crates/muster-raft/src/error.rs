@@ -82,6 +82,19 @@ pub enum Error {
         /// The leader's peer address (`host:port`), if known.
         leader_addr: Option<String>,
     },
+    /// A request that needs the leader ([`crate::RaftNode::submit`],
+    /// [`crate::RaftNode::read_barrier`]) got no answer in time: the leader
+    /// was unreachable or did not answer. For a write the outcome is
+    /// unknown (it may still be applied).
+    #[error("{operation}: no answer from the leader within {after:?}: {reason}")]
+    Timeout {
+        /// What timed out, e.g. `submit` or `read barrier`.
+        operation: &'static str,
+        /// How long it was given.
+        after: std::time::Duration,
+        /// The last failure seen, e.g. the leader being unreachable.
+        reason: String,
+    },
     /// openraft refused or failed a request: the Raft node has stopped
     /// (shut down or a storage failure), or a membership request was
     /// invalid.

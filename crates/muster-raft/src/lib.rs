@@ -29,7 +29,10 @@
 //! ```
 //!
 //! A write is acknowledged once it is applied on the leader, which is after
-//! a majority flushed it to sled. Members join and leave through the leader
+//! a majority flushed it to sled. [`RaftNode::submit`] works on any member
+//! (a follower forwards the command to the leader over the peer service),
+//! and [`RaftNode::read_barrier`] makes a read of any member's state machine
+//! linearizable (read index from the leader, then wait to apply it). Members join and leave through the leader
 //! ([`RaftNode::add_learner`], [`RaftNode::promote`], [`RaftNode::remove`];
 //! see [`Members`]), and [`raft_config`] explains how etcd's election
 //! timeout maps onto openraft's timers.
@@ -45,8 +48,11 @@ mod types;
 
 pub use error::Error;
 pub use log_store::LogStore;
-pub use network::{FaultInjector, PeerNetwork, PeerNetworkFactory, PeerService};
-pub use node::{DEFAULT_SNAPSHOT_LOGS, MAX_SNAPSHOT_KEEP_LOGS, Members, RaftNode, RaftNodeConfig};
+pub use network::{FaultInjector, ForwardError, PeerNetwork, PeerNetworkFactory, PeerService};
+pub use node::{
+    DEFAULT_SNAPSHOT_LOGS, MAX_SNAPSHOT_KEEP_LOGS, Members, REQUEST_TIMEOUT, RaftNode,
+    RaftNodeConfig,
+};
 pub use state_machine::{AppliedEvents, DEFAULT_EVENT_CAPACITY, MAX_EVENT_CAPACITY, StateMachine};
 pub use types::{
     CommandResult, DEFAULT_ELECTION_TIMEOUT_MS, DEFAULT_HEARTBEAT_MS, Entry,

@@ -30,6 +30,18 @@
 //!   when it recovers; the repeated failures in between are `debug`, so a
 //!   member that is down does not flood the log.
 //!
+//! Besides openraft's three RPCs the service carries two of muster's own,
+//! also for members only:
+//!
+//! - `Forward`: a follower hands a client's [`Command`] to the leader, which
+//!   proposes it and answers the [`CommandResult`] (or a [`ForwardError`]).
+//! - `ReadIndex`: a follower asks the leader for the read index of a
+//!   linearizable read; the leader confirms its leadership with a quorum
+//!   first.
+//!
+//! [`crate::RaftNode::submit`] and [`crate::RaftNode::read_barrier`] use them
+//! through the same cached channels as openraft's messages.
+//!
 //! [`FaultInjector`] (for tests) sits in front of every send: it can cut a
 //! member off from the others or delay messages to it, the way a blackholed
 //! or slow network would.
@@ -42,6 +54,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use muster_core::Command;
+use openraft::error::{CheckIsLeaderError, ClientWriteError};
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
 };
@@ -51,12 +65,12 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use openraft::{AnyError, BasicNode};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
 
-use crate::types::{NodeId, Raft, TypeConfig};
+use crate::types::{CommandResult, NodeId, Raft, TypeConfig};
 
 /// The generated protobuf messages and gRPC stubs of the peer protocol,
 /// package `muster.raft.v1` (`proto/muster/raft/v1/raft.proto`).
@@ -90,6 +104,23 @@ fn encode<T: Serialize>(value: &T) -> Result<Bytes, bincode::error::EncodeError>
 
 fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, bincode::error::DecodeError> {
     bincode::serde::decode_from_slice(payload, bincode::config::standard()).map(|(value, _)| value)
+}
+
+/// Why the member that received a `Forward` or `ReadIndex` call could not
+/// serve it. Travels bincode-encoded in the reply's payload.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ForwardError {
+    /// The receiving member is not the leader (any more); `leader` is its
+    /// view of the leader, if it knows one.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader {
+        /// The leader's ID as the receiving member sees it.
+        leader: Option<NodeId>,
+    },
+    /// openraft failed the request on the receiving member (it is shutting
+    /// down, or its storage failed).
+    #[error("raft: {0}")]
+    Raft(String),
 }
 
 // ---------------------------------------------------------------------------
@@ -172,6 +203,44 @@ impl proto::raft_server::Raft for PeerService {
         let result = self.raft.install_snapshot(rpc).await;
         Ok(Response::new(proto::InstallSnapshotResponse {
             payload: encode_reply(&result, "install-snapshot response")?,
+        }))
+    }
+
+    async fn forward(
+        &self,
+        request: Request<proto::ForwardRequest>,
+    ) -> Result<Response<proto::ForwardResponse>, Status> {
+        let command: Command = decode_request(&request.into_inner().payload, "forwarded command")?;
+        let result: Result<CommandResult, ForwardError> =
+            match self.raft.client_write(command).await {
+                Ok(response) => Ok(response.data),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                    Err(ForwardError::NotLeader {
+                        leader: forward.leader_id,
+                    })
+                }
+                Err(e) => Err(ForwardError::Raft(e.to_string())),
+            };
+        Ok(Response::new(proto::ForwardResponse {
+            payload: encode_reply(&result, "forward response")?,
+        }))
+    }
+
+    async fn read_index(
+        &self,
+        _request: Request<proto::ReadIndexRequest>,
+    ) -> Result<Response<proto::ReadIndexResponse>, Status> {
+        let result: Result<u64, ForwardError> = match self.raft.ensure_linearizable().await {
+            Ok(read_log_id) => Ok(read_log_id.map_or(0, |log_id| log_id.index)),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
+                Err(ForwardError::NotLeader {
+                    leader: forward.leader_id,
+                })
+            }
+            Err(e) => Err(ForwardError::Raft(e.to_string())),
+        };
+        Ok(Response::new(proto::ReadIndexResponse {
+            payload: encode_reply(&result, "read-index response")?,
         }))
     }
 }
@@ -350,10 +419,43 @@ impl PeerNetworkFactory {
     }
 }
 
-impl RaftNetworkFactory<TypeConfig> for PeerNetworkFactory {
-    type Network = PeerNetwork;
+/// Why a `Forward` or `ReadIndex` call produced no answer from the peer.
+#[derive(Debug)]
+pub(crate) enum PeerCallError {
+    /// The peer could not be connected to (or dropped the connection): the
+    /// request was most likely not served.
+    Unreachable(String),
+    /// No answer within the deadline: the request may or may not have been
+    /// served.
+    Timeout(Duration),
+    /// Any other transport or decoding failure.
+    Network(String),
+}
 
-    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerNetwork {
+impl std::fmt::Display for PeerCallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PeerCallError::Unreachable(e) => write!(f, "unreachable: {e}"),
+            PeerCallError::Timeout(ttl) => write!(f, "no answer within {ttl:?}"),
+            PeerCallError::Network(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl From<Failure> for PeerCallError {
+    fn from(failure: Failure) -> Self {
+        match failure {
+            Failure::Unreachable(e) => PeerCallError::Unreachable(e.to_string()),
+            Failure::Timeout(ttl) => PeerCallError::Timeout(ttl),
+            Failure::Network(e) => PeerCallError::Network(e.to_string()),
+        }
+    }
+}
+
+impl PeerNetworkFactory {
+    /// A connection to member `target` at `node`, through the shared channel
+    /// cache.
+    fn client(&self, target: NodeId, node: &BasicNode) -> PeerNetwork {
         let peer = match self.peer(&node.addr) {
             Ok(peer) => Some(peer),
             Err(error) => {
@@ -368,6 +470,53 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetworkFactory {
             peer,
             faults: self.faults.clone(),
         }
+    }
+
+    /// Sends `command` to member `target` (at peer address `addr`, which
+    /// should be the leader) and waits at most `ttl` for its answer: the
+    /// command's result, or why that member could not propose it.
+    pub(crate) async fn forward(
+        &self,
+        target: NodeId,
+        addr: &str,
+        command: &Command,
+        ttl: Duration,
+    ) -> Result<Result<CommandResult, ForwardError>, PeerCallError> {
+        let payload = encode(command).map_err(|e| PeerCallError::Network(e.to_string()))?;
+        let reply = self
+            .client(target, &BasicNode::new(addr))
+            .send(ttl, |mut client| async move {
+                let reply = client.forward(proto::ForwardRequest { payload }).await?;
+                Ok(reply.into_inner().payload)
+            })
+            .await?;
+        decode(&reply).map_err(|e| PeerCallError::Network(format!("undecodable reply: {e}")))
+    }
+
+    /// Asks member `target` (at peer address `addr`, which should be the
+    /// leader) for its read index, waiting at most `ttl`.
+    pub(crate) async fn read_index(
+        &self,
+        target: NodeId,
+        addr: &str,
+        ttl: Duration,
+    ) -> Result<Result<u64, ForwardError>, PeerCallError> {
+        let reply = self
+            .client(target, &BasicNode::new(addr))
+            .send(ttl, |mut client| async move {
+                let reply = client.read_index(proto::ReadIndexRequest {}).await?;
+                Ok(reply.into_inner().payload)
+            })
+            .await?;
+        decode(&reply).map_err(|e| PeerCallError::Network(format!("undecodable reply: {e}")))
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for PeerNetworkFactory {
+    type Network = PeerNetwork;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerNetwork {
+        self.client(target, node)
     }
 }
 
@@ -589,6 +738,27 @@ mod tests {
         faults.heal_all();
         assert_eq!(faults.fault(1, 2), Fault::Deliver);
         assert_eq!(faults.fault(1, 3), Fault::Deliver);
+    }
+
+    #[test]
+    fn forward_replies_survive_the_payload_encoding() {
+        let refused: Result<CommandResult, ForwardError> =
+            Err(ForwardError::NotLeader { leader: Some(3) });
+        assert_eq!(
+            decode::<Result<CommandResult, ForwardError>>(&encode(&refused).unwrap()).unwrap(),
+            refused
+        );
+        let failed: Result<CommandResult, ForwardError> =
+            Ok(CommandResult::Failed(muster_core::Error::LeaseNotFound));
+        assert_eq!(
+            decode::<Result<CommandResult, ForwardError>>(&encode(&failed).unwrap()).unwrap(),
+            failed
+        );
+        let index: Result<u64, ForwardError> = Ok(42);
+        assert_eq!(
+            decode::<Result<u64, ForwardError>>(&encode(&index).unwrap()).unwrap(),
+            index
+        );
     }
 
     #[test]

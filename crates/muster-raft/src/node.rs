@@ -20,8 +20,15 @@
 //!   the log after it. The membership (and so the peer addresses) comes
 //!   back from the log, so a restarted member must listen on its old
 //!   address.
+//! - [`RaftNode::submit`] and [`RaftNode::read_barrier`] work on every
+//!   member: a follower forwards the command to the leader, or asks it for
+//!   the read index, over the peer service (`Forward`, `ReadIndex`), through
+//!   the same cached channels openraft uses. Both are bounded by
+//!   [`REQUEST_TIMEOUT`] (or the caller's timeout, see
+//!   [`RaftNode::submit_within`]) and retry a bounded number of times while
+//!   the leader moves.
 //! - Membership changes go through the leader (a follower answers
-//!   [`Error::NotLeader`], as for writes) and use openraft's joint
+//!   [`Error::NotLeader`], as for [`RaftNode::write`]) and use openraft's joint
 //!   consensus: [`RaftNode::add_learner`] (returns once the new member has
 //!   caught up), [`RaftNode::promote`] (learner → voter),
 //!   [`RaftNode::remove`] (out of voters and learners; the leader may remove
@@ -36,6 +43,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use openraft::metrics::WaitError;
+use tokio::time::Instant;
+
 use muster_core::Command;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
 use openraft::{BasicNode, ChangeMembers, SnapshotPolicy};
@@ -46,7 +56,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::error::Error;
 use crate::log_store::LogStore;
-use crate::network::{FaultInjector, PeerNetworkFactory, PeerService};
+use crate::network::{FaultInjector, ForwardError, PeerCallError, PeerNetworkFactory, PeerService};
 use crate::state_machine::StateMachine;
 use crate::types::{
     CommandResult, DEFAULT_ELECTION_TIMEOUT_MS, DEFAULT_HEARTBEAT_MS, NodeId, Raft, raft_config,
@@ -61,6 +71,20 @@ pub const DEFAULT_SNAPSHOT_LOGS: u64 = 100_000;
 /// (etcd's `SnapshotCatchUpEntries`). [`RaftNodeConfig::snapshot_keep_logs`]
 /// keeps a tenth of the snapshot interval, at most this many.
 pub const MAX_SNAPSHOT_KEEP_LOGS: u64 = 5_000;
+
+/// How long [`RaftNode::submit`] and [`RaftNode::read_barrier`] may take in
+/// all, including finding the leader, forwarding and retries.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Most attempts [`RaftNode::submit`] and [`RaftNode::read_barrier`] make,
+/// each against the leader as known at the time.
+const MAX_ATTEMPTS: u32 = 5;
+
+/// Pause before the second attempt; it doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Longest pause between two attempts (besides waiting for a new leader).
+const MAX_BACKOFF: Duration = Duration::from_millis(200);
 
 /// How long [`RaftNode::shutdown`] waits for the peer server to drain its
 /// in-flight calls before it stops it outright.
@@ -167,7 +191,32 @@ pub struct RaftNode {
     state_machine: StateMachine,
     log_store: LogStore,
     faults: FaultInjector,
+    /// The peer channels (shared with openraft's network) for forwarding.
+    network: PeerNetworkFactory,
+    /// After a failed attempt, how long to wait for a different leader
+    /// before trying again (the election timeout).
+    leader_change_wait: Duration,
     server: Mutex<Option<PeerServer>>,
+}
+
+/// Where the next attempt of a forwarded request goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Target {
+    /// This member leads: serve locally.
+    Local,
+    /// Forward to this member at this peer address.
+    Remote(NodeId, String),
+}
+
+/// What made an attempt fail, for the error returned when giving up.
+#[derive(Debug)]
+enum Miss {
+    /// No leader was known.
+    NoLeader,
+    /// The member asked is not the leader; its view of the leader.
+    NotLeader(Option<NodeId>),
+    /// The leader (this ID) could not be reached.
+    Unreachable(NodeId, String),
 }
 
 impl std::fmt::Debug for RaftNode {
@@ -207,7 +256,7 @@ impl RaftNode {
         let raft = Raft::new(
             config.id,
             raft_config,
-            network,
+            network.clone(),
             log_store.clone(),
             state_machine.clone(),
         )
@@ -234,6 +283,8 @@ impl RaftNode {
             state_machine,
             log_store,
             faults,
+            network,
+            leader_change_wait: Duration::from_millis(config.election_timeout_ms.max(1)),
             server: Mutex::new(Some(PeerServer { stop, task })),
         })
     }
@@ -282,8 +333,9 @@ impl RaftNode {
     /// this member (the leader).
     ///
     /// On a follower this fails with [`Error::NotLeader`], naming the leader
-    /// when known. A command the core refuses is not an error here: it is
-    /// applied as [`CommandResult::Failed`] on every replica.
+    /// when known ([`RaftNode::submit`] forwards instead). A command the
+    /// core refuses is not an error here: it is applied as
+    /// [`CommandResult::Failed`] on every replica.
     pub async fn write(&self, command: Command) -> Result<CommandResult, Error> {
         self.raft
             .client_write(command)
@@ -292,32 +344,286 @@ impl RaftNode {
             .map_err(client_write_error)
     }
 
-    /// Applies `command` through the leader, from any member.
-    ///
-    /// For now only the leader can submit (followers get
-    /// [`Error::NotLeader`]); forwarding over the peer channel comes next.
+    /// Applies `command` through the leader, from any member, within
+    /// [`REQUEST_TIMEOUT`] (see [`RaftNode::submit_within`]).
     pub async fn submit(&self, command: Command) -> Result<CommandResult, Error> {
-        self.write(command).await
+        self.submit_within(command, REQUEST_TIMEOUT).await
+    }
+
+    /// Applies `command` through the leader, from any member, and returns
+    /// its result once it is applied on the leader.
+    ///
+    /// On the leader this is [`RaftNode::write`]. A follower forwards the
+    /// command over the peer service (`Forward`) to the leader it knows, or
+    /// waits for one to be elected. The result is the leader's, so a command
+    /// the core refuses comes back as [`CommandResult::Failed`] here too.
+    ///
+    /// Retries (at most 5 attempts, re-resolving the leader each time, with
+    /// a short backoff) happen only when the command was not proposed: the
+    /// member asked answered that it is not the leader, or could not be
+    /// connected to (a connection dropped mid-call counts as that too; the
+    /// peer server drains in-flight calls when it stops, so this is rare).
+    ///
+    /// Fails with [`Error::NotLeader`] when no leader became known within
+    /// `timeout`, with [`Error::Timeout`] when the leader could not be
+    /// reached or did not answer within it (the outcome of the write is then
+    /// unknown), and with [`Error::Raft`] when the leader failed it.
+    pub async fn submit_within(
+        &self,
+        command: Command,
+        timeout: Duration,
+    ) -> Result<CommandResult, Error> {
+        const OPERATION: &str = "submit";
+        let deadline = Instant::now() + timeout;
+        let mut hint = None;
+        let mut miss = Miss::NoLeader;
+        for attempt in 0..MAX_ATTEMPTS {
+            if attempt > 0 && !self.pause_before_retry(attempt, &miss, deadline).await {
+                break;
+            }
+            let Some(target) = self.resolve_leader(hint.take(), deadline).await else {
+                miss = Miss::NoLeader;
+                break;
+            };
+            match target {
+                Target::Local => match self.write(command.clone()).await {
+                    Err(Error::NotLeader { leader, .. }) => {
+                        hint = leader;
+                        miss = Miss::NotLeader(leader);
+                    }
+                    result => return result,
+                },
+                Target::Remote(leader, addr) => {
+                    let ttl = deadline.saturating_duration_since(Instant::now());
+                    match self.network.forward(leader, &addr, &command, ttl).await {
+                        Ok(Ok(result)) => return Ok(result),
+                        Ok(Err(ForwardError::NotLeader { leader: named })) => {
+                            hint = named;
+                            miss = Miss::NotLeader(named);
+                        }
+                        Ok(Err(ForwardError::Raft(reason))) => {
+                            return Err(Error::Raft(
+                                format!("leader {leader} failed the command: {reason}").into(),
+                            ));
+                        }
+                        Err(PeerCallError::Unreachable(reason)) => {
+                            miss = Miss::Unreachable(leader, reason);
+                        }
+                        Err(failure @ PeerCallError::Timeout(_)) => {
+                            return Err(Error::Timeout {
+                                operation: OPERATION,
+                                after: timeout,
+                                reason: format!("leader {leader}: {failure}"),
+                            });
+                        }
+                        Err(PeerCallError::Network(reason)) => {
+                            return Err(Error::Raft(
+                                format!("forwarding to leader {leader}: {reason}").into(),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        Err(self.give_up(OPERATION, timeout, miss))
     }
 
     /// Waits until this member has applied every entry committed before the
-    /// call, so a read of its state machine afterwards is linearizable
-    /// (read-index: the leader confirms its leadership with a quorum).
-    ///
-    /// For now only the leader can answer (followers get
-    /// [`Error::NotLeader`]); asking the leader over the peer channel comes
-    /// next.
+    /// call, so a read of its state machine afterwards is linearizable,
+    /// within [`REQUEST_TIMEOUT`] (see [`RaftNode::read_barrier_within`]).
     pub async fn read_barrier(&self) -> Result<(), Error> {
-        match self.raft.ensure_linearizable().await {
-            Ok(_) => Ok(()),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
-                Err(Error::NotLeader {
-                    leader: forward.leader_id,
-                    leader_addr: forward.leader_node.map(|node| node.addr),
-                })
+        self.read_barrier_within(REQUEST_TIMEOUT).await
+    }
+
+    /// Waits until this member has applied every entry committed before the
+    /// call (read index): the leader confirms its leadership with a quorum
+    /// heartbeat and names its read index, and this member waits until it
+    /// has applied that index. A read of the local state machine afterwards
+    /// sees every write acknowledged before the call.
+    ///
+    /// On the leader this is openraft's `ensure_linearizable`; a follower
+    /// asks the leader over the peer service (`ReadIndex`). Every failed
+    /// attempt is retried (a read changes nothing), at most 5 attempts and
+    /// within `timeout` in all. Concurrent barriers on one follower each ask
+    /// the leader; sharing one confirmation between them is a later
+    /// optimisation.
+    ///
+    /// Fails with [`Error::NotLeader`] when no leader became known within
+    /// `timeout`, with [`Error::Timeout`] when none answered or this member
+    /// did not catch up in time, and with [`Error::Raft`] when this member's
+    /// openraft stopped or failed the check.
+    pub async fn read_barrier_within(&self, timeout: Duration) -> Result<(), Error> {
+        const OPERATION: &str = "read barrier";
+        let deadline = Instant::now() + timeout;
+        let mut hint = None;
+        let mut miss = Miss::NoLeader;
+        for attempt in 0..MAX_ATTEMPTS {
+            if attempt > 0 && !self.pause_before_retry(attempt, &miss, deadline).await {
+                break;
             }
-            Err(e) => Err(Error::Raft(Box::new(e))),
+            let Some(target) = self.resolve_leader(hint.take(), deadline).await else {
+                miss = Miss::NoLeader;
+                break;
+            };
+            let ttl = deadline.saturating_duration_since(Instant::now());
+            match target {
+                Target::Local => {
+                    match tokio::time::timeout(ttl, self.raft.ensure_linearizable()).await {
+                        Ok(Ok(_)) => return Ok(()),
+                        Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(
+                            forward,
+                        )))) => {
+                            hint = forward.leader_id;
+                            miss = Miss::NotLeader(forward.leader_id);
+                        }
+                        Ok(Err(e)) => return Err(Error::Raft(Box::new(e))),
+                        Err(_) => {
+                            miss = Miss::Unreachable(self.id, "no quorum confirmed".into());
+                        }
+                    }
+                }
+                Target::Remote(leader, addr) => {
+                    match self.network.read_index(leader, &addr, ttl).await {
+                        Ok(Ok(index)) => return self.wait_applied(index, deadline, timeout).await,
+                        Ok(Err(ForwardError::NotLeader { leader: named })) => {
+                            hint = named;
+                            miss = Miss::NotLeader(named);
+                        }
+                        Ok(Err(ForwardError::Raft(reason))) => {
+                            miss = Miss::Unreachable(leader, reason);
+                        }
+                        Err(failure) => miss = Miss::Unreachable(leader, failure.to_string()),
+                    }
+                }
+            }
         }
+        Err(self.give_up(OPERATION, timeout, miss))
+    }
+
+    /// Waits (until `deadline`) until this member has applied `index`.
+    async fn wait_applied(
+        &self,
+        index: u64,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<(), Error> {
+        if index == 0 {
+            // Only the initial membership entry, if anything: no data.
+            return Ok(());
+        }
+        let ttl = deadline.saturating_duration_since(Instant::now());
+        match self
+            .raft
+            .wait(Some(ttl))
+            .applied_index_at_least(Some(index), "read barrier")
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(WaitError::Timeout(_, _)) => Err(Error::Timeout {
+                operation: "read barrier",
+                after: timeout,
+                reason: format!("this member did not apply the read index {index} in time"),
+            }),
+            Err(e @ WaitError::ShuttingDown) => Err(Error::Raft(Box::new(e))),
+        }
+    }
+
+    /// The leader this member currently knows, with its peer address.
+    fn known_leader(&self) -> Option<Target> {
+        let leader = self.raft.metrics().borrow().current_leader?;
+        self.known_target(leader)
+    }
+
+    /// Where to send a request for `leader`, by this member's membership.
+    fn target(
+        &self,
+        leader: NodeId,
+        metrics: &openraft::RaftMetrics<NodeId, BasicNode>,
+    ) -> Option<Target> {
+        if leader == self.id {
+            return Some(Target::Local);
+        }
+        let node = metrics.membership_config.membership().get_node(&leader)?;
+        Some(Target::Remote(leader, node.addr.clone()))
+    }
+
+    /// The member to try next: `hint` (a leader named by a refusal) if this
+    /// member knows its address, else the leader this member knows, waiting
+    /// for one until `deadline`. `None` when no leader became known in time.
+    async fn resolve_leader(&self, hint: Option<NodeId>, deadline: Instant) -> Option<Target> {
+        if let Some(target) = hint.and_then(|id| self.known_target(id)) {
+            return Some(target);
+        }
+        if let Some(target) = self.known_leader() {
+            return Some(target);
+        }
+        let ttl = deadline.saturating_duration_since(Instant::now());
+        self.raft
+            .wait(Some(ttl))
+            .metrics(
+                |metrics| metrics.current_leader.is_some(),
+                "a leader is known",
+            )
+            .await
+            .ok()?;
+        self.known_leader()
+    }
+
+    /// Pauses before attempt `attempt` (≥ 1): after an unreachable leader,
+    /// until a different leader is known or an election timeout passed;
+    /// then a short backoff. False when `deadline` has passed.
+    async fn pause_before_retry(&self, attempt: u32, miss: &Miss, deadline: Instant) -> bool {
+        if let Miss::Unreachable(failed, _) = *miss {
+            let wait = self
+                .leader_change_wait
+                .min(deadline.saturating_duration_since(Instant::now()));
+            let _ = self
+                .raft
+                .wait(Some(wait))
+                .metrics(
+                    |metrics| metrics.current_leader.is_some_and(|id| id != failed),
+                    "a different leader is known",
+                )
+                .await;
+        }
+        let backoff = FIRST_BACKOFF
+            .saturating_mul(1 << (attempt - 1).min(8))
+            .min(MAX_BACKOFF);
+        let now = Instant::now();
+        if now + backoff >= deadline {
+            return false;
+        }
+        tokio::time::sleep(backoff).await;
+        true
+    }
+
+    /// The error of a request that ran out of attempts or time.
+    fn give_up(&self, operation: &'static str, timeout: Duration, miss: Miss) -> Error {
+        match miss {
+            Miss::NoLeader => Error::NotLeader {
+                leader: None,
+                leader_addr: None,
+            },
+            Miss::NotLeader(leader) => Error::NotLeader {
+                leader,
+                leader_addr: leader.and_then(|id| match self.known_target(id) {
+                    Some(Target::Remote(_, addr)) => Some(addr),
+                    _ => None,
+                }),
+            },
+            Miss::Unreachable(leader, reason) => Error::Timeout {
+                operation,
+                after: timeout,
+                reason: format!("leader {leader}: {reason}"),
+            },
+        }
+    }
+
+    /// [`RaftNode::target`] for `id` with the current metrics.
+    fn known_target(&self, id: NodeId) -> Option<Target> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        self.target(id, &metrics)
     }
 
     /// Adds member `id`, whose peer service listens on `addr` (`host:port`),

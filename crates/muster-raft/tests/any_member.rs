@@ -1,0 +1,354 @@
+//! `RaftNode::submit` and `RaftNode::read_barrier` on every member: a
+//! follower forwards writes to the leader and asks it for the read index,
+//! over the peer service.
+//!
+//! As in tests/cluster.rs: listeners are bound by the test first (port 0),
+//! every wait is bounded, and events are awaited by polling openraft's
+//! metrics, never by sleeping.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use muster_core::{Command, KeyValue, PutRequest, RangeRequest, Response};
+use muster_raft::{
+    CommandResult, Error, FaultInjector, NodeId, REQUEST_TIMEOUT, RaftNode, RaftNodeConfig,
+};
+use openraft::{BasicNode, ServerState};
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+
+const HEARTBEAT_MS: u64 = 50;
+const ELECTION_TIMEOUT_MS: u64 = 300;
+/// Upper bound of every wait in these tests.
+const WAIT: Duration = Duration::from_secs(20);
+/// How often metrics are polled.
+const POLL: Duration = Duration::from_millis(10);
+
+struct Cluster {
+    _dir: TempDir,
+    faults: FaultInjector,
+    nodes: BTreeMap<NodeId, RaftNode>,
+}
+
+impl Cluster {
+    /// Starts `size` members (IDs 1..=size) and initializes the cluster on
+    /// member 1.
+    async fn start(size: u64) -> Cluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let faults = FaultInjector::new();
+        let mut nodes = BTreeMap::new();
+        let mut membership = BTreeMap::new();
+        for id in 1..=size {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("local addr");
+            let config = RaftNodeConfig {
+                heartbeat_ms: HEARTBEAT_MS,
+                election_timeout_ms: ELECTION_TIMEOUT_MS,
+                ..RaftNodeConfig::new(id, dir.path().join(format!("member-{id}")))
+            };
+            let node = RaftNode::start_with_faults(config, listener, faults.clone())
+                .await
+                .expect("start member");
+            nodes.insert(id, node);
+            membership.insert(id, BasicNode::new(addr.to_string()));
+        }
+        nodes[&1].initialize(membership).await.expect("initialize");
+        Cluster {
+            _dir: dir,
+            faults,
+            nodes,
+        }
+    }
+
+    fn node(&self, id: NodeId) -> &RaftNode {
+        &self.nodes[&id]
+    }
+
+    /// Waits until one running member leads and every running member that
+    /// is not isolated follows it; returns the leader.
+    async fn wait_leader(&self) -> NodeId {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(leader) = self.agreed_leader() {
+                return leader;
+            }
+            assert!(Instant::now() < deadline, "no leader within {WAIT:?}");
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    fn agreed_leader(&self) -> Option<NodeId> {
+        let reachable = || {
+            self.nodes
+                .values()
+                .filter(|node| !self.faults.is_isolated(node.id()))
+        };
+        let leader = reachable().find_map(|node| {
+            (node.raft().metrics().borrow().state == ServerState::Leader).then_some(node.id())
+        })?;
+        reachable()
+            .all(|node| node.raft().metrics().borrow().current_leader == Some(leader))
+            .then_some(leader)
+    }
+
+    fn followers(&self, leader: NodeId) -> Vec<NodeId> {
+        self.nodes
+            .keys()
+            .copied()
+            .filter(|&id| id != leader)
+            .collect()
+    }
+
+    /// Waits until every member has applied everything any member has
+    /// applied.
+    async fn wait_converged(&self) {
+        let applied = self
+            .nodes
+            .values()
+            .filter_map(|node| node.state_machine().last_applied())
+            .map(|log_id| log_id.index)
+            .max();
+        for node in self.nodes.values() {
+            node.raft()
+                .wait(Some(WAIT))
+                .applied_index_at_least(applied, format!("member {} catches up", node.id()))
+                .await
+                .expect("member catches up");
+        }
+    }
+
+    /// Stops member `id` and removes it from the cluster.
+    async fn stop(&mut self, id: NodeId) {
+        let node = self.nodes.remove(&id).expect("member");
+        tokio::time::timeout(WAIT, node.shutdown())
+            .await
+            .expect("shutdown in time")
+            .expect("shutdown");
+    }
+
+    async fn shutdown(mut self) {
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for id in ids {
+            self.stop(id).await;
+        }
+    }
+}
+
+fn put(key: &str, value: &str) -> Command {
+    Command::Put(PutRequest {
+        key: Bytes::copy_from_slice(key.as_bytes()),
+        value: Bytes::copy_from_slice(value.as_bytes()),
+        ..Default::default()
+    })
+}
+
+/// The value of `key` in `node`'s applied store.
+fn get(node: &RaftNode, key: &str) -> Option<String> {
+    let range = node
+        .state_machine()
+        .store()
+        .range(&RangeRequest {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            ..Default::default()
+        })
+        .expect("range");
+    range
+        .kvs
+        .into_iter()
+        .next()
+        .map(|KeyValue { value, .. }| String::from_utf8(value.to_vec()).expect("utf-8 value"))
+}
+
+/// `submit` bounded by the test's own wait, so a hang fails the test.
+async fn submit(node: &RaftNode, command: Command) -> Result<CommandResult, Error> {
+    tokio::time::timeout(WAIT, node.submit(command))
+        .await
+        .expect("submit returned in time")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_works_on_every_member_and_refusals_come_back_the_same() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.wait_leader().await;
+
+    let mut revisions = Vec::new();
+    for id in 1..=3 {
+        let key = format!("svc/from-{id}");
+        let started = Instant::now();
+        match submit(cluster.node(id), put(&key, &format!("v{id}"))).await {
+            Ok(CommandResult::Applied(Response::Put(put))) => revisions.push(put.revision),
+            other => panic!("submit on member {id} (leader {leader}): {other:?}"),
+        }
+        eprintln!(
+            "submit on member {id} (leader {leader}) took {:?}",
+            started.elapsed()
+        );
+    }
+    assert!(
+        revisions.windows(2).all(|pair| pair[0] < pair[1]),
+        "revisions not increasing: {revisions:?}"
+    );
+
+    // A command the core refuses is a result, forwarded or not.
+    for id in 1..=3 {
+        let refused = Command::Put(PutRequest {
+            lease: 4242,
+            ..match put("svc/leased", "x") {
+                Command::Put(request) => request,
+                _ => unreachable!(),
+            }
+        });
+        assert_eq!(
+            submit(cluster.node(id), refused).await.expect("submit"),
+            CommandResult::Failed(muster_core::Error::LeaseNotFound),
+            "member {id} (leader {leader})"
+        );
+    }
+
+    cluster.wait_converged().await;
+    for node in cluster.nodes.values() {
+        for id in 1..=3 {
+            assert_eq!(
+                get(node, &format!("svc/from-{id}")),
+                Some(format!("v{id}")),
+                "member {}",
+                node.id()
+            );
+        }
+        assert_eq!(get(node, "svc/leased"), None, "member {}", node.id());
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_barrier_on_a_follower_sees_every_acknowledged_write() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.wait_leader().await;
+    let followers = cluster.followers(leader);
+    let mut slowest = Duration::ZERO;
+    for i in 0..50 {
+        let (key, value) = (format!("svc/{i:02}"), format!("v{i}"));
+        match cluster.node(leader).write(put(&key, &value)).await {
+            Ok(CommandResult::Applied(_)) => {}
+            other => panic!("write of {key}: {other:?}"),
+        }
+        let follower = cluster.node(followers[i % followers.len()]);
+        let started = Instant::now();
+        tokio::time::timeout(WAIT, follower.read_barrier())
+            .await
+            .expect("read barrier returned in time")
+            .expect("read barrier");
+        slowest = slowest.max(started.elapsed());
+        assert_eq!(
+            get(follower, &key),
+            Some(value),
+            "member {} missed {key} after a read barrier",
+            follower.id()
+        );
+    }
+    eprintln!("slowest follower read barrier: {slowest:?}");
+
+    // And on the leader itself.
+    cluster
+        .node(leader)
+        .read_barrier()
+        .await
+        .expect("read barrier on the leader");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_on_a_follower_succeeds_once_a_new_leader_is_elected() {
+    let mut cluster = Cluster::start(3).await;
+    let old_leader = cluster.wait_leader().await;
+    let follower = cluster.followers(old_leader)[0];
+    match submit(cluster.node(follower), put("svc/before", "x")).await {
+        Ok(CommandResult::Applied(_)) => {}
+        other => panic!("submit before failover: {other:?}"),
+    }
+
+    cluster.stop(old_leader).await;
+    // The follower still names the stopped leader for a while: submit must
+    // find the new one by itself.
+    let started = Instant::now();
+    match submit(cluster.node(follower), put("svc/after", "y")).await {
+        Ok(CommandResult::Applied(_)) => {}
+        other => panic!("submit after the leader stopped: {other:?}"),
+    }
+    let took = started.elapsed();
+    eprintln!("submit across failover took {took:?}");
+    assert!(took < REQUEST_TIMEOUT, "submit took {took:?}");
+
+    let new_leader = cluster.wait_leader().await;
+    assert_ne!(new_leader, old_leader);
+    cluster
+        .node(follower)
+        .read_barrier()
+        .await
+        .expect("read barrier after failover");
+    assert_eq!(get(cluster.node(follower), "svc/after"), Some("y".into()));
+    cluster.wait_converged().await;
+    for node in cluster.nodes.values() {
+        assert_eq!(get(node, "svc/before"), Some("x".into()));
+        assert_eq!(get(node, "svc/after"), Some("y".into()));
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_follower_fails_submit_and_read_barrier_in_time() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.wait_leader().await;
+    let follower = cluster.followers(leader)[0];
+    cluster
+        .node(follower)
+        .read_barrier()
+        .await
+        .expect("read barrier before isolation");
+
+    cluster.faults.isolate(follower);
+    let node = cluster.node(follower);
+    let started = Instant::now();
+    let (submitted, barrier) = tokio::time::timeout(WAIT, async {
+        tokio::join!(node.submit(put("svc/isolated", "x")), node.read_barrier())
+    })
+    .await
+    .expect("submit and read barrier returned in time");
+    let took = started.elapsed();
+    eprintln!("isolated follower: submit {submitted:?}, read barrier {barrier:?} after {took:?}");
+    assert!(
+        matches!(
+            submitted,
+            Err(Error::Timeout { .. } | Error::NotLeader { .. })
+        ),
+        "submit on an isolated follower: {submitted:?}"
+    );
+    assert!(
+        matches!(
+            barrier,
+            Err(Error::Timeout { .. } | Error::NotLeader { .. })
+        ),
+        "read barrier on an isolated follower: {barrier:?}"
+    );
+    assert!(
+        took < REQUEST_TIMEOUT + Duration::from_secs(2),
+        "took {took:?}"
+    );
+
+    // A shorter budget is honoured too.
+    let started = Instant::now();
+    let short = Duration::from_millis(500);
+    assert!(node.read_barrier_within(short).await.is_err());
+    assert!(
+        node.submit_within(put("svc/isolated", "x"), short)
+            .await
+            .is_err()
+    );
+    let took = started.elapsed();
+    assert!(took < 2 * short + Duration::from_secs(1), "took {took:?}");
+
+    // The majority never saw the write.
+    assert_eq!(get(cluster.node(leader), "svc/isolated"), None);
+    cluster.shutdown().await;
+}
