@@ -167,10 +167,20 @@ fn field<'l>(line: &'l str, key: &str) -> Option<&'l str> {
     line[start..].split_whitespace().next()
 }
 
-#[test]
-fn three_members_elect_a_leader_and_elect_another_after_kill_9() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let peers: Vec<String> = (0..3)
+/// Spawned members of one cluster, their client URLs, and their log lines.
+struct Spawned {
+    children: Vec<Child>,
+    clients: Vec<String>,
+    log: mpsc::Receiver<(usize, String)>,
+    spawned_at: std::time::Instant,
+}
+
+/// Spawns `size` members of one cluster on free loopback ports.
+fn spawn_cluster(dir: &Path, size: usize, token: &str) -> Spawned {
+    let peers: Vec<String> = (0..size)
+        .map(|_| format!("http://127.0.0.1:{}", free_port()))
+        .collect();
+    let clients: Vec<String> = (0..size)
         .map(|_| format!("http://127.0.0.1:{}", free_port()))
         .collect();
     let cluster: Vec<String> = peers
@@ -181,10 +191,9 @@ fn three_members_elect_a_leader_and_elect_another_after_kill_9() {
     let cluster = cluster.join(",");
     let (lines, log) = mpsc::channel::<(usize, String)>();
     let spawned_at = std::time::Instant::now();
-    let mut children: Vec<Child> = (0..3)
+    let children = (0..size)
         .map(|i| {
-            let client = format!("http://127.0.0.1:{}", free_port());
-            let data = dir.path().join(format!("m{i}"));
+            let data = dir.join(format!("m{i}"));
             let args = [
                 "--name",
                 &format!("m{i}"),
@@ -195,13 +204,13 @@ fn three_members_elect_a_leader_and_elect_another_after_kill_9() {
                 "--initial-advertise-peer-urls",
                 &peers[i],
                 "--listen-client-urls",
-                &client,
+                &clients[i],
                 "--advertise-client-urls",
-                &client,
+                &clients[i],
                 "--initial-cluster",
                 &cluster,
                 "--initial-cluster-token",
-                "three",
+                token,
             ]
             .map(str::to_string);
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -216,6 +225,23 @@ fn three_members_elect_a_leader_and_elect_another_after_kill_9() {
             child
         })
         .collect();
+    Spawned {
+        children,
+        clients,
+        log,
+        spawned_at,
+    }
+}
+
+#[test]
+fn three_members_elect_a_leader_and_elect_another_after_kill_9() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let Spawned {
+        mut children,
+        log,
+        spawned_at,
+        ..
+    } = spawn_cluster(dir.path(), 3, "three");
 
     // Learn each member's ID and the first leader, bounded.
     let mut member_of: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
@@ -360,4 +386,45 @@ fn etcdctl_puts_gets_and_deletes_through_the_muster_binary() {
         err(&old)
     );
     terminate(child);
+}
+
+#[test]
+fn etcdctl_writes_and_reads_through_every_member_of_three() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cluster = spawn_cluster(dir.path(), 3, "any-member");
+    // Wait (bounded) until some member reports a leader.
+    loop {
+        let (_, line) = cluster
+            .log
+            .recv_timeout(START_TIMEOUT)
+            .expect("a leader is elected");
+        if line.contains("leader elected") {
+            break;
+        }
+    }
+    let text = |o: &Output| String::from_utf8_lossy(&o.stdout).into_owned();
+    for (i, endpoint) in cluster.clients.iter().enumerate() {
+        let key = format!("/registry/services/api/{i}");
+        let Some(put) = etcdctl(endpoint, &["put", &key, &format!("10.0.0.{i}:8080")]) else {
+            eprintln!(
+                "SKIPPED: etcdctl is not installed (scripts/test.sh installs Debian's etcd-client)"
+            );
+            cluster.children.into_iter().for_each(terminate);
+            return;
+        };
+        assert_eq!(
+            text(&put),
+            "OK\n",
+            "put through member {i}: {}",
+            String::from_utf8_lossy(&put.stderr)
+        );
+    }
+    let expected: String = (0..3)
+        .map(|i| format!("/registry/services/api/{i}\n10.0.0.{i}:8080\n"))
+        .collect();
+    for (i, endpoint) in cluster.clients.iter().enumerate() {
+        let get = etcdctl(endpoint, &["get", "/registry/services/", "--prefix"]).expect("etcdctl");
+        assert_eq!(text(&get), expected, "linearizable read through member {i}");
+    }
+    cluster.children.into_iter().for_each(terminate);
 }
