@@ -173,6 +173,30 @@ struct Spawned {
     clients: Vec<String>,
     log: mpsc::Receiver<(usize, String)>,
     spawned_at: std::time::Instant,
+    /// Each member's flags, to restart it as it was.
+    args: Vec<Vec<String>>,
+    lines: mpsc::Sender<(usize, String)>,
+}
+
+/// Spawns member `i` with `args`, its log lines going to `lines`.
+fn spawn_member(i: usize, args: &[String], lines: &mpsc::Sender<(usize, String)>) -> Child {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut child = muster(&args).spawn().expect("spawn muster");
+    let stderr = child.stderr.take().expect("stderr");
+    let lines = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = lines.send((i, line));
+        }
+    });
+    child
+}
+
+impl Spawned {
+    /// Restarts member `i` (already stopped) with its original flags.
+    fn restart(&mut self, i: usize) {
+        self.children[i] = spawn_member(i, &self.args[i], &self.lines);
+    }
 }
 
 /// Spawns `size` members of one cluster on free loopback ports.
@@ -191,10 +215,10 @@ fn spawn_cluster(dir: &Path, size: usize, token: &str) -> Spawned {
     let cluster = cluster.join(",");
     let (lines, log) = mpsc::channel::<(usize, String)>();
     let spawned_at = std::time::Instant::now();
-    let children = (0..size)
+    let args: Vec<Vec<String>> = (0..size)
         .map(|i| {
             let data = dir.join(format!("m{i}"));
-            let args = [
+            [
                 "--name",
                 &format!("m{i}"),
                 "--data-dir",
@@ -212,24 +236,22 @@ fn spawn_cluster(dir: &Path, size: usize, token: &str) -> Spawned {
                 "--initial-cluster-token",
                 token,
             ]
-            .map(str::to_string);
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            let mut child = muster(&args).spawn().expect("spawn muster");
-            let stderr = child.stderr.take().expect("stderr");
-            let lines = lines.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    let _ = lines.send((i, line));
-                }
-            });
-            child
+            .map(str::to_string)
+            .to_vec()
         })
+        .collect();
+    let children = args
+        .iter()
+        .enumerate()
+        .map(|(i, a)| spawn_member(i, a, &lines))
         .collect();
     Spawned {
         children,
         clients,
         log,
         spawned_at,
+        args,
+        lines,
     }
 }
 
@@ -425,6 +447,124 @@ fn etcdctl_writes_and_reads_through_every_member_of_three() {
     for (i, endpoint) in cluster.clients.iter().enumerate() {
         let get = etcdctl(endpoint, &["get", "/registry/services/", "--prefix"]).expect("etcdctl");
         assert_eq!(text(&get), expected, "linearizable read through member {i}");
+    }
+    cluster.children.into_iter().for_each(terminate);
+}
+
+/// Puts `key` through `endpoint`, retrying until acknowledged or `within`
+/// passes; returns how long it took, or `None` without etcdctl.
+fn put_until_acknowledged(
+    endpoint: &str,
+    key: &str,
+    value: &str,
+    within: Duration,
+) -> Option<Duration> {
+    let started = std::time::Instant::now();
+    loop {
+        let put = etcdctl(endpoint, &["--command-timeout=1s", "put", key, value])?;
+        if put.status.success() {
+            return Some(started.elapsed());
+        }
+        assert!(
+            started.elapsed() < within,
+            "no write acknowledged within {within:?}"
+        );
+    }
+}
+
+#[test]
+fn acknowledged_writes_survive_kill_9_of_the_leader_and_of_the_whole_cluster() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut cluster = spawn_cluster(dir.path(), 3, "durable");
+    let mut member_of: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut leader = None;
+    while member_of.len() < 3 || leader.is_none() {
+        let (i, line) = cluster
+            .log
+            .recv_timeout(START_TIMEOUT)
+            .expect("members start and elect a leader");
+        if line.contains("member started")
+            && let Some(id) = field(&line, "member")
+        {
+            member_of.insert(id.to_string(), i);
+        }
+        if line.contains("leader elected") {
+            leader = field(&line, "leader").map(str::to_string);
+        }
+    }
+    let leader = member_of[&leader.expect("a leader")];
+    let survivor = (leader + 1) % 3;
+
+    // 50 acknowledged writes through the leader, then kill -9 it at once.
+    for k in 0..50 {
+        let Some(put) = etcdctl(
+            &cluster.clients[leader],
+            &["put", &format!("/ack/{k:02}"), "v"],
+        ) else {
+            eprintln!(
+                "SKIPPED: etcdctl is not installed (scripts/test.sh installs Debian's etcd-client)"
+            );
+            for mut child in cluster.children {
+                let _ = child.kill();
+            }
+            return;
+        };
+        assert!(
+            put.status.success(),
+            "{}",
+            String::from_utf8_lossy(&put.stderr)
+        );
+    }
+    cluster.children[leader].kill().expect("SIGKILL");
+    cluster.children[leader].wait().expect("reap");
+    // Writes succeed again through a survivor (default timings).
+    let recovered = put_until_acknowledged(
+        &cluster.clients[survivor],
+        "/ack/after-kill",
+        "v",
+        START_TIMEOUT,
+    )
+    .expect("etcdctl");
+    eprintln!(
+        "kill -9 of the leader: a write through a survivor was acknowledged after {recovered:?}"
+    );
+
+    // The killed member restarts and serves every acknowledged write.
+    cluster.restart(leader);
+    let expected: String = (0..50)
+        .map(|k| format!("/ack/{k:02}\n"))
+        .chain(["/ack/after-kill\n".to_string()])
+        .collect();
+    let keys = |endpoint: &str| {
+        let get = etcdctl(endpoint, &["get", "/ack/", "--prefix", "--keys-only"]).expect("etcdctl");
+        String::from_utf8_lossy(&get.stdout).replace("\n\n", "\n")
+    };
+    let started = std::time::Instant::now();
+    while keys(&cluster.clients[leader]) != expected {
+        assert!(
+            started.elapsed() < START_TIMEOUT,
+            "the restarted member never served every acknowledged write"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // kill -9 every member and restart them all: nothing acknowledged is lost.
+    for child in &mut cluster.children {
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap");
+    }
+    for i in 0..3 {
+        cluster.restart(i);
+    }
+    for endpoint in cluster.clients.clone() {
+        let started = std::time::Instant::now();
+        while keys(&endpoint) != expected {
+            assert!(
+                started.elapsed() < START_TIMEOUT,
+                "{endpoint} lost acknowledged writes after a full restart"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
     cluster.children.into_iter().for_each(terminate);
 }
