@@ -6,142 +6,14 @@
 //! every wait is bounded, and events are awaited by polling openraft's
 //! metrics, never by sleeping.
 
-use std::collections::BTreeMap;
+mod common;
+
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::{Cluster, Options, WAIT, put};
 use muster_core::{Command, KeyValue, PutRequest, RangeRequest, Response};
-use muster_raft::{
-    CommandResult, Error, FaultInjector, NodeId, REQUEST_TIMEOUT, RaftNode, RaftNodeConfig,
-};
-use openraft::{BasicNode, ServerState};
-use tempfile::TempDir;
-use tokio::net::TcpListener;
-
-const HEARTBEAT_MS: u64 = 50;
-const ELECTION_TIMEOUT_MS: u64 = 300;
-/// Upper bound of every wait in these tests.
-const WAIT: Duration = Duration::from_secs(20);
-/// How often metrics are polled.
-const POLL: Duration = Duration::from_millis(10);
-
-struct Cluster {
-    _dir: TempDir,
-    faults: FaultInjector,
-    nodes: BTreeMap<NodeId, RaftNode>,
-}
-
-impl Cluster {
-    /// Starts `size` members (IDs 1..=size) and initializes the cluster on
-    /// member 1.
-    async fn start(size: u64) -> Cluster {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let faults = FaultInjector::new();
-        let mut nodes = BTreeMap::new();
-        let mut membership = BTreeMap::new();
-        for id in 1..=size {
-            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-            let addr = listener.local_addr().expect("local addr");
-            let config = RaftNodeConfig {
-                heartbeat_ms: HEARTBEAT_MS,
-                election_timeout_ms: ELECTION_TIMEOUT_MS,
-                ..RaftNodeConfig::new(id, dir.path().join(format!("member-{id}")))
-            };
-            let node = RaftNode::start_with_faults(config, listener, faults.clone())
-                .await
-                .expect("start member");
-            nodes.insert(id, node);
-            membership.insert(id, BasicNode::new(addr.to_string()));
-        }
-        nodes[&1].initialize(membership).await.expect("initialize");
-        Cluster {
-            _dir: dir,
-            faults,
-            nodes,
-        }
-    }
-
-    fn node(&self, id: NodeId) -> &RaftNode {
-        &self.nodes[&id]
-    }
-
-    /// Waits until one running member leads and every running member that
-    /// is not isolated follows it; returns the leader.
-    async fn wait_leader(&self) -> NodeId {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(leader) = self.agreed_leader() {
-                return leader;
-            }
-            assert!(Instant::now() < deadline, "no leader within {WAIT:?}");
-            tokio::time::sleep(POLL).await;
-        }
-    }
-
-    fn agreed_leader(&self) -> Option<NodeId> {
-        let reachable = || {
-            self.nodes
-                .values()
-                .filter(|node| !self.faults.is_isolated(node.id()))
-        };
-        let leader = reachable().find_map(|node| {
-            (node.raft().metrics().borrow().state == ServerState::Leader).then_some(node.id())
-        })?;
-        reachable()
-            .all(|node| node.raft().metrics().borrow().current_leader == Some(leader))
-            .then_some(leader)
-    }
-
-    fn followers(&self, leader: NodeId) -> Vec<NodeId> {
-        self.nodes
-            .keys()
-            .copied()
-            .filter(|&id| id != leader)
-            .collect()
-    }
-
-    /// Waits until every member has applied everything any member has
-    /// applied.
-    async fn wait_converged(&self) {
-        let applied = self
-            .nodes
-            .values()
-            .filter_map(|node| node.state_machine().last_applied())
-            .map(|log_id| log_id.index)
-            .max();
-        for node in self.nodes.values() {
-            node.raft()
-                .wait(Some(WAIT))
-                .applied_index_at_least(applied, format!("member {} catches up", node.id()))
-                .await
-                .expect("member catches up");
-        }
-    }
-
-    /// Stops member `id` and removes it from the cluster.
-    async fn stop(&mut self, id: NodeId) {
-        let node = self.nodes.remove(&id).expect("member");
-        tokio::time::timeout(WAIT, node.shutdown())
-            .await
-            .expect("shutdown in time")
-            .expect("shutdown");
-    }
-
-    async fn shutdown(mut self) {
-        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
-        for id in ids {
-            self.stop(id).await;
-        }
-    }
-}
-
-fn put(key: &str, value: &str) -> Command {
-    Command::Put(PutRequest {
-        key: Bytes::copy_from_slice(key.as_bytes()),
-        value: Bytes::copy_from_slice(value.as_bytes()),
-        ..Default::default()
-    })
-}
+use muster_raft::{CommandResult, Error, REQUEST_TIMEOUT, RaftNode};
 
 /// The value of `key` in `node`'s applied store.
 fn get(node: &RaftNode, key: &str) -> Option<String> {
@@ -169,14 +41,14 @@ async fn submit(node: &RaftNode, command: Command) -> Result<CommandResult, Erro
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submit_works_on_every_member_and_refusals_come_back_the_same() {
-    let cluster = Cluster::start(3).await;
+    let cluster = Cluster::start(Options::fast(3)).await;
     let leader = cluster.wait_leader().await;
 
     let mut revisions = Vec::new();
     for id in 1..=3 {
         let key = format!("svc/from-{id}");
         let started = Instant::now();
-        match submit(cluster.node(id), put(&key, &format!("v{id}"))).await {
+        match submit(&cluster.node(id), put(&key, &format!("v{id}"))).await {
             Ok(CommandResult::Applied(Response::Put(put))) => revisions.push(put.revision),
             other => panic!("submit on member {id} (leader {leader}): {other:?}"),
         }
@@ -200,30 +72,30 @@ async fn submit_works_on_every_member_and_refusals_come_back_the_same() {
             }
         });
         assert_eq!(
-            submit(cluster.node(id), refused).await.expect("submit"),
+            submit(&cluster.node(id), refused).await.expect("submit"),
             CommandResult::Failed(muster_core::Error::LeaseNotFound),
             "member {id} (leader {leader})"
         );
     }
 
     cluster.wait_converged().await;
-    for node in cluster.nodes.values() {
+    for node in cluster.running() {
         for id in 1..=3 {
             assert_eq!(
-                get(node, &format!("svc/from-{id}")),
+                get(&node, &format!("svc/from-{id}")),
                 Some(format!("v{id}")),
                 "member {}",
                 node.id()
             );
         }
-        assert_eq!(get(node, "svc/leased"), None, "member {}", node.id());
+        assert_eq!(get(&node, "svc/leased"), None, "member {}", node.id());
     }
     cluster.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_barrier_on_a_follower_sees_every_acknowledged_write() {
-    let cluster = Cluster::start(3).await;
+    let cluster = Cluster::start(Options::fast(3)).await;
     let leader = cluster.wait_leader().await;
     let followers = cluster.followers(leader);
     let mut slowest = Duration::ZERO;
@@ -241,7 +113,7 @@ async fn a_read_barrier_on_a_follower_sees_every_acknowledged_write() {
             .expect("read barrier");
         slowest = slowest.max(started.elapsed());
         assert_eq!(
-            get(follower, &key),
+            get(&follower, &key),
             Some(value),
             "member {} missed {key} after a read barrier",
             follower.id()
@@ -260,10 +132,10 @@ async fn a_read_barrier_on_a_follower_sees_every_acknowledged_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submit_on_a_follower_succeeds_once_a_new_leader_is_elected() {
-    let mut cluster = Cluster::start(3).await;
+    let cluster = Cluster::start(Options::fast(3)).await;
     let old_leader = cluster.wait_leader().await;
     let follower = cluster.followers(old_leader)[0];
-    match submit(cluster.node(follower), put("svc/before", "x")).await {
+    match submit(&cluster.node(follower), put("svc/before", "x")).await {
         Ok(CommandResult::Applied(_)) => {}
         other => panic!("submit before failover: {other:?}"),
     }
@@ -272,7 +144,7 @@ async fn submit_on_a_follower_succeeds_once_a_new_leader_is_elected() {
     // The follower still names the stopped leader for a while: submit must
     // find the new one by itself.
     let started = Instant::now();
-    match submit(cluster.node(follower), put("svc/after", "y")).await {
+    match submit(&cluster.node(follower), put("svc/after", "y")).await {
         Ok(CommandResult::Applied(_)) => {}
         other => panic!("submit after the leader stopped: {other:?}"),
     }
@@ -287,18 +159,18 @@ async fn submit_on_a_follower_succeeds_once_a_new_leader_is_elected() {
         .read_barrier()
         .await
         .expect("read barrier after failover");
-    assert_eq!(get(cluster.node(follower), "svc/after"), Some("y".into()));
+    assert_eq!(get(&cluster.node(follower), "svc/after"), Some("y".into()));
     cluster.wait_converged().await;
-    for node in cluster.nodes.values() {
-        assert_eq!(get(node, "svc/before"), Some("x".into()));
-        assert_eq!(get(node, "svc/after"), Some("y".into()));
+    for node in cluster.running() {
+        assert_eq!(get(&node, "svc/before"), Some("x".into()));
+        assert_eq!(get(&node, "svc/after"), Some("y".into()));
     }
     cluster.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_isolated_follower_fails_submit_and_read_barrier_in_time() {
-    let cluster = Cluster::start(3).await;
+    let cluster = Cluster::start(Options::fast(3)).await;
     let leader = cluster.wait_leader().await;
     let follower = cluster.followers(leader)[0];
     cluster
@@ -349,6 +221,6 @@ async fn an_isolated_follower_fails_submit_and_read_barrier_in_time() {
     assert!(took < 2 * short + Duration::from_secs(1), "took {took:?}");
 
     // The majority never saw the write.
-    assert_eq!(get(cluster.node(leader), "svc/isolated"), None);
+    assert_eq!(get(&cluster.node(leader), "svc/isolated"), None);
     cluster.shutdown().await;
 }

@@ -22,18 +22,12 @@
 //! more than one past the old one. Such a run is held to
 //! [`SPLIT_VOTE_ALLOWANCE`] more per extra term instead of failing.
 
-use std::collections::BTreeMap;
+mod common;
+
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use muster_core::{Command, PutRequest, Response};
-use muster_raft::{
-    CommandResult, DEFAULT_ELECTION_TIMEOUT_MS, DEFAULT_HEARTBEAT_MS, Error, FaultInjector, NodeId,
-    RaftNode, RaftNodeConfig,
-};
-use openraft::{BasicNode, ServerState};
-use tempfile::TempDir;
-use tokio::net::TcpListener;
+use common::{Cluster, Options, WAIT};
+use muster_raft::{DEFAULT_ELECTION_TIMEOUT_MS, DEFAULT_HEARTBEAT_MS};
 
 /// The longest a failover may take at the default timings, leader death to
 /// acknowledged write.
@@ -42,108 +36,12 @@ const FAILOVER_BOUND: Duration = Duration::from_millis(2_500);
 /// election timeout (the largest draw) plus a tick of 150 ms.
 const SPLIT_VOTE_ALLOWANCE: Duration =
     Duration::from_millis(DEFAULT_ELECTION_TIMEOUT_MS + DEFAULT_HEARTBEAT_MS * 3 / 2);
-/// Upper bound of every other wait in these tests.
-const WAIT: Duration = Duration::from_secs(20);
-/// How often metrics are polled and writes retried.
-const POLL: Duration = Duration::from_millis(10);
-
-struct Cluster {
-    _dir: TempDir,
-    faults: FaultInjector,
-    nodes: BTreeMap<NodeId, RaftNode>,
-}
-
-impl Cluster {
-    /// Starts three members with the default configuration (etcd's
-    /// timings) and initializes the cluster on member 1.
-    async fn start() -> Cluster {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let faults = FaultInjector::new();
-        let mut nodes = BTreeMap::new();
-        let mut membership = BTreeMap::new();
-        for id in 1..=3 {
-            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-            let addr = listener.local_addr().expect("local addr");
-            let config = RaftNodeConfig::new(id, dir.path().join(format!("member-{id}")));
-            let node = RaftNode::start_with_faults(config, listener, faults.clone())
-                .await
-                .expect("start member");
-            nodes.insert(id, node);
-            membership.insert(id, BasicNode::new(addr.to_string()));
-        }
-        nodes[&1].initialize(membership).await.expect("initialize");
-        Cluster {
-            _dir: dir,
-            faults,
-            nodes,
-        }
-    }
-
-    /// The member other than `except` that believes it leads, if any.
-    fn leader_except(&self, except: Option<NodeId>) -> Option<&RaftNode> {
-        self.nodes.values().find(|node| {
-            Some(node.id()) != except && node.raft().metrics().borrow().state == ServerState::Leader
-        })
-    }
-
-    /// Waits until a member leads and every member follows it.
-    async fn wait_leader(&self) -> NodeId {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(leader) = self.leader_except(None).map(RaftNode::id)
-                && self
-                    .nodes
-                    .values()
-                    .all(|node| node.raft().metrics().borrow().current_leader == Some(leader))
-            {
-                return leader;
-            }
-            assert!(Instant::now() < deadline, "no leader within {WAIT:?}");
-            tokio::time::sleep(POLL).await;
-        }
-    }
-
-    /// Writes `key` through a leader other than `old`, retrying every
-    /// [`POLL`] until it is acknowledged (bounded by [`WAIT`]).
-    async fn put_avoiding(&self, old: NodeId, key: &str) {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(leader) = self.leader_except(Some(old)) {
-                let command = Command::Put(PutRequest {
-                    key: Bytes::copy_from_slice(key.as_bytes()),
-                    value: Bytes::from_static(b"ok"),
-                    ..Default::default()
-                });
-                match tokio::time::timeout(WAIT, leader.write(command)).await {
-                    Ok(Ok(CommandResult::Applied(Response::Put(_)))) => return,
-                    Ok(Ok(other)) => panic!("unexpected result of a put: {other:?}"),
-                    Ok(Err(Error::NotLeader { .. })) => {}
-                    Ok(Err(e)) => panic!("write failed: {e}"),
-                    Err(_) => panic!("write of {key} not acknowledged within {WAIT:?}"),
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "could not write {key} within {WAIT:?}"
-            );
-            tokio::time::sleep(POLL).await;
-        }
-    }
-
-    async fn shutdown(self) {
-        for node in self.nodes.values() {
-            tokio::time::timeout(WAIT, node.shutdown())
-                .await
-                .expect("shutdown in time")
-                .expect("shutdown");
-        }
-    }
-}
 
 /// How the leader dies.
 #[derive(Clone, Copy, Debug)]
 enum Death {
-    /// [`RaftNode::shutdown`]: the peer server stops, then openraft.
+    /// [`RaftNode::shutdown`](muster_raft::RaftNode::shutdown): the peer
+    /// server stops, then openraft.
     Shutdown,
     /// Every message to and from it is dropped, as after `kill -9`.
     Isolation,
@@ -153,9 +51,9 @@ enum Death {
 /// through the new leader is acknowledged within [`FAILOVER_BOUND`] (plus
 /// [`SPLIT_VOTE_ALLOWANCE`] per extra election round).
 async fn failover(death: Death) {
-    let cluster = Cluster::start().await;
+    let cluster = Cluster::start(Options::defaults(3)).await;
     let old = cluster.wait_leader().await;
-    let old_term = cluster.nodes[&old].raft().metrics().borrow().current_term;
+    let old_term = cluster.node(old).raft().metrics().borrow().current_term;
     // The followers' votes are committed (they know the leader), so they
     // wait out its lease before campaigning: the case being measured.
     cluster.put_avoiding(0, "before").await;
@@ -164,7 +62,7 @@ async fn failover(death: Death) {
     let died = Instant::now();
     match death {
         Death::Shutdown => {
-            tokio::time::timeout(WAIT, cluster.nodes[&old].shutdown())
+            tokio::time::timeout(WAIT, cluster.node(old).shutdown())
                 .await
                 .expect("shutdown in time")
                 .expect("shutdown");
