@@ -255,18 +255,14 @@ fn spawn_cluster(dir: &Path, size: usize, token: &str) -> Spawned {
     }
 }
 
-#[test]
-fn three_members_elect_a_leader_and_elect_another_after_kill_9() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let Spawned {
-        mut children,
-        log,
-        spawned_at,
-        ..
-    } = spawn_cluster(dir.path(), 3, "three");
-
-    // Learn each member's ID and the first leader, bounded.
-    let mut member_of: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+/// Reads the members' logs until every member has started and a leader is
+/// elected, bounded: member ID → index, the leader's ID, and how long after
+/// spawning it was elected.
+fn first_leader(
+    log: &mpsc::Receiver<(usize, String)>,
+    spawned_at: std::time::Instant,
+) -> (std::collections::HashMap<String, usize>, String, Duration) {
+    let mut member_of = std::collections::HashMap::new();
     let mut leader: Option<(String, Duration)> = None;
     while member_of.len() < 3 || leader.is_none() {
         let (i, line) = log
@@ -286,7 +282,21 @@ fn three_members_elect_a_leader_and_elect_another_after_kill_9() {
             ));
         }
     }
-    let (old_leader, elected_after) = leader.expect("a leader");
+    let (leader, after) = leader.expect("a leader");
+    (member_of, leader, after)
+}
+
+#[test]
+fn three_members_elect_a_leader_and_elect_another_after_kill_9() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let Spawned {
+        mut children,
+        log,
+        spawned_at,
+        ..
+    } = spawn_cluster(dir.path(), 3, "three");
+
+    let (member_of, old_leader, elected_after) = first_leader(&log, spawned_at);
     eprintln!(
         "three spawned members: leader {old_leader} elected {elected_after:?} after spawning"
     );
@@ -314,9 +324,9 @@ fn three_members_elect_a_leader_and_elect_another_after_kill_9() {
     };
     let failover = killed_at.elapsed();
     eprintln!("after kill -9 of {old_leader}: {new_leader} elected in {failover:?}");
-    // One election round takes 1.5..2 election timeouts after the last
-    // heartbeat; a split vote adds a round. tests/failover.rs in muster-raft
-    // holds the tight bound at these default timings.
+    // One election round takes 1..1.5 election timeouts after the last
+    // heartbeat; a split vote adds a shorter round. tests/failover.rs in
+    // muster-raft holds the tight bound at these default timings.
     assert!(
         failover < Duration::from_secs(6),
         "re-election took {failover:?}"
@@ -326,6 +336,52 @@ fn three_members_elect_a_leader_and_elect_another_after_kill_9() {
         if i != victim {
             terminate(child);
         }
+    }
+}
+
+#[test]
+fn a_leader_hands_over_leadership_on_sigterm() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let Spawned {
+        mut children,
+        log,
+        spawned_at,
+        ..
+    } = spawn_cluster(dir.path(), 3, "handover");
+    let (member_of, old_leader, _) = first_leader(&log, spawned_at);
+
+    let victim = member_of[&old_leader];
+    let stopping = children.remove(victim);
+    let terminated_at = std::time::Instant::now();
+    terminate(stopping);
+    let stopped_after = terminated_at.elapsed();
+
+    // The stopped leader named its successor before it exited ...
+    let mut successor = None;
+    let mut elected = None;
+    while successor.is_none() || elected.is_none() {
+        let (i, line) = log
+            .recv_timeout(START_TIMEOUT)
+            .expect("a hand-over and a new leader");
+        if i == victim && line.contains("leadership handed over") {
+            successor = field(&line, "successor").map(str::to_string);
+        }
+        if i != victim
+            && line.contains("leader elected")
+            && let Some(id) = field(&line, "leader")
+            && id != old_leader
+        {
+            elected = Some(id.to_string());
+        }
+    }
+    // ... and that is the member the survivors see as leader.
+    assert_eq!(successor, elected, "the named successor leads");
+    eprintln!(
+        "SIGTERM to leader {old_leader}: handed over to {} and exited in {stopped_after:?}",
+        successor.expect("successor")
+    );
+    for child in children {
+        terminate(child);
     }
 }
 

@@ -37,6 +37,7 @@
 //! see [`Members`]), and [`raft_config`] explains how etcd's election
 //! timeout maps onto openraft's timers.
 
+mod election;
 mod error;
 mod log_store;
 pub mod network;

@@ -30,7 +30,7 @@
 //!   when it recovers; the repeated failures in between are `debug`, so a
 //!   member that is down does not flood the log.
 //!
-//! Besides openraft's three RPCs the service carries two of muster's own,
+//! Besides openraft's three RPCs the service carries three of muster's own,
 //! also for members only:
 //!
 //! - `Forward`: a follower hands a client's [`Command`] to the leader, which
@@ -38,9 +38,15 @@
 //! - `ReadIndex`: a follower asks the leader for the read index of a
 //!   linearizable read; the leader confirms its leadership with a quorum
 //!   first.
+//! - `TimeoutNow`: a leader that is stopping asks its most up-to-date
+//!   follower to campaign at once ([`crate::RaftNode::hand_over`]).
 //!
-//! [`crate::RaftNode::submit`] and [`crate::RaftNode::read_barrier`] use them
-//! through the same cached channels as openraft's messages.
+//! [`crate::RaftNode::submit`], [`crate::RaftNode::read_barrier`] and
+//! [`crate::RaftNode::hand_over`] use them through the same cached channels
+//! as openraft's messages.
+//!
+//! The service restarts the member's election clock (see `election`) on
+//! every append-entries or snapshot it accepts and every vote it grants.
 //!
 //! [`FaultInjector`] (for tests) sits in front of every send: it can cut a
 //! member off from the others or delay messages to it, the way a blackholed
@@ -64,12 +70,13 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::{AnyError, BasicNode};
+use openraft::{AnyError, BasicNode, ServerState};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
 
+use crate::election::ElectionClock;
 use crate::types::{CommandResult, NodeId, Raft, TypeConfig};
 
 /// The generated protobuf messages and gRPC stubs of the peer protocol,
@@ -136,6 +143,8 @@ pub enum ForwardError {
 #[derive(Clone)]
 pub struct PeerService {
     raft: Raft,
+    id: NodeId,
+    clock: ElectionClock,
 }
 
 impl std::fmt::Debug for PeerService {
@@ -145,9 +154,10 @@ impl std::fmt::Debug for PeerService {
 }
 
 impl PeerService {
-    /// A peer service forwarding to `raft`.
-    pub fn new(raft: Raft) -> Self {
-        PeerService { raft }
+    /// A peer service forwarding to `raft`, member `id`'s openraft,
+    /// restarting `clock` whenever a leader is heard from or a vote granted.
+    pub(crate) fn new(raft: Raft, id: NodeId, clock: ElectionClock) -> Self {
+        PeerService { raft, id, clock }
     }
 
     /// This service as a tonic service, ready for
@@ -177,6 +187,10 @@ impl proto::raft_server::Raft for PeerService {
         let rpc: AppendEntriesRequest<TypeConfig> =
             decode_request(&request.into_inner().payload, "append-entries request")?;
         let result = self.raft.append_entries(rpc).await;
+        if matches!(&result, Ok(response) if !matches!(response, AppendEntriesResponse::HigherVote(_)))
+        {
+            self.clock.touch();
+        }
         Ok(Response::new(proto::AppendEntriesResponse {
             payload: encode_reply(&result, "append-entries response")?,
         }))
@@ -189,6 +203,9 @@ impl proto::raft_server::Raft for PeerService {
         let rpc: VoteRequest<NodeId> =
             decode_request(&request.into_inner().payload, "vote request")?;
         let result = self.raft.vote(rpc).await;
+        if matches!(&result, Ok(response) if response.vote_granted) {
+            self.clock.touch();
+        }
         Ok(Response::new(proto::VoteResponse {
             payload: encode_reply(&result, "vote response")?,
         }))
@@ -201,6 +218,9 @@ impl proto::raft_server::Raft for PeerService {
         let rpc: InstallSnapshotRequest<TypeConfig> =
             decode_request(&request.into_inner().payload, "install-snapshot request")?;
         let result = self.raft.install_snapshot(rpc).await;
+        if result.is_ok() {
+            self.clock.touch();
+        }
         Ok(Response::new(proto::InstallSnapshotResponse {
             payload: encode_reply(&result, "install-snapshot response")?,
         }))
@@ -241,6 +261,34 @@ impl proto::raft_server::Raft for PeerService {
         };
         Ok(Response::new(proto::ReadIndexResponse {
             payload: encode_reply(&result, "read-index response")?,
+        }))
+    }
+
+    async fn timeout_now(
+        &self,
+        request: Request<proto::TimeoutNowRequest>,
+    ) -> Result<Response<proto::TimeoutNowResponse>, Status> {
+        let request = request.into_inner();
+        let metrics = self.raft.metrics().borrow().clone();
+        let is_voter = metrics
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|voter| voter == self.id);
+        let campaigning = is_voter
+            && metrics.state != ServerState::Leader
+            && metrics.current_term <= request.term
+            && self.raft.trigger().elect().await.is_ok();
+        if campaigning {
+            self.clock.touch();
+            tracing::info!(
+                from = request.from,
+                term = request.term,
+                "leader handed over: campaigning"
+            );
+        }
+        Ok(Response::new(proto::TimeoutNowResponse {
+            payload: encode_reply(&campaigning, "timeout-now response")?,
         }))
     }
 }
@@ -487,6 +535,28 @@ impl PeerNetworkFactory {
             .client(target, &BasicNode::new(addr))
             .send(ttl, |mut client| async move {
                 let reply = client.forward(proto::ForwardRequest { payload }).await?;
+                Ok(reply.into_inner().payload)
+            })
+            .await?;
+        decode(&reply).map_err(|e| PeerCallError::Network(format!("undecodable reply: {e}")))
+    }
+
+    /// Asks member `target` (at peer address `addr`) to campaign at once,
+    /// as the successor of this leader in `term`; answers whether it did.
+    pub(crate) async fn timeout_now(
+        &self,
+        target: NodeId,
+        addr: &str,
+        term: u64,
+        ttl: Duration,
+    ) -> Result<bool, PeerCallError> {
+        let from = self.id;
+        let reply = self
+            .client(target, &BasicNode::new(addr))
+            .send(ttl, |mut client| async move {
+                let reply = client
+                    .timeout_now(proto::TimeoutNowRequest { from, term })
+                    .await?;
                 Ok(reply.into_inner().payload)
             })
             .await?;

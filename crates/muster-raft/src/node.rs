@@ -50,10 +50,11 @@ use muster_core::Command;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
 use openraft::{BasicNode, ChangeMembers, SnapshotPolicy};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::election::{ElectionClock, spawn_campaigner};
 use crate::error::Error;
 use crate::log_store::LogStore;
 use crate::network::{FaultInjector, ForwardError, PeerCallError, PeerNetworkFactory, PeerService};
@@ -86,6 +87,10 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 /// Longest pause between two attempts (besides waiting for a new leader).
 const MAX_BACKOFF: Duration = Duration::from_millis(200);
 
+/// Extra time a leader waits past its lease before handing over, for clock
+/// granularity.
+const LEASE_MARGIN: Duration = Duration::from_millis(20);
+
 /// How long [`RaftNode::shutdown`] waits for the peer server to drain its
 /// in-flight calls before it stops it outright.
 const SERVER_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -102,7 +107,7 @@ pub struct RaftNodeConfig {
     pub heartbeat_ms: u64,
     /// Election timeout in milliseconds (etcd's default: 1000): a follower
     /// that stops hearing from the leader campaigns after a random
-    /// `[1.5 t, 2 t)` (see [`crate::raft_config`]).
+    /// `[t, 1.5 t)` (see [`crate::raft_config`]).
     pub election_timeout_ms: u64,
     /// Take a snapshot after this many entries since the last one
     /// (openraft's `SnapshotPolicy::LogsSinceLast`; etcd's
@@ -197,6 +202,10 @@ pub struct RaftNode {
     /// before trying again (the election timeout).
     leader_change_wait: Duration,
     server: Mutex<Option<PeerServer>>,
+    /// The election campaigner and the switch that stops it.
+    campaigner: Mutex<Option<(watch::Sender<bool>, JoinHandle<()>)>>,
+    /// Election timing shared with the campaigner and the peer service.
+    clock: ElectionClock,
 }
 
 /// Where the next attempt of a forwarded request goes.
@@ -263,8 +272,17 @@ impl RaftNode {
         .await
         .map_err(|e| Error::Raft(Box::new(e)))?;
 
+        let clock = ElectionClock::new();
+        let (stop_campaigner, campaigner_stopped) = watch::channel(false);
+        let campaigner = spawn_campaigner(
+            raft.clone(),
+            config.id,
+            clock.clone(),
+            Duration::from_millis(config.election_timeout_ms.max(1)),
+            campaigner_stopped,
+        );
         let (stop, stopped) = oneshot::channel::<()>();
-        let service = PeerService::new(raft.clone()).into_server();
+        let service = PeerService::new(raft.clone(), config.id, clock.clone()).into_server();
         let incoming = TcpListenerStream::new(listener);
         let task = tokio::spawn(async move {
             tonic::transport::Server::builder()
@@ -286,6 +304,8 @@ impl RaftNode {
             network,
             leader_change_wait: Duration::from_millis(config.election_timeout_ms.max(1)),
             server: Mutex::new(Some(PeerServer { stop, task })),
+            campaigner: Mutex::new(Some((stop_campaigner, campaigner))),
+            clock,
         })
     }
 
@@ -712,10 +732,156 @@ impl RaftNode {
         }
     }
 
-    /// Stops the peer server and then openraft. Idempotent. The stores
+    /// Hands leadership to another voter before this member stops, waiting
+    /// at most `within`; answers the new leader, or `None` when this member
+    /// does not lead, leads alone, or the handover did not happen in time
+    /// (the cluster then elects a leader after its election timeout, as
+    /// after a crash).
+    ///
+    /// The successor is the voter with the most of the log; the leader waits
+    /// until it has the whole log, asks it to campaign at once
+    /// (`TimeoutNow`), and grants it its vote. In a three-member cluster
+    /// that vote is the quorum; with five, the others also have to grant
+    /// theirs, which they do once their leader lease (one election timeout
+    /// after the last heartbeat) has run out. A leader elected less than
+    /// one election timeout ago still holds its own lease and refuses the
+    /// vote, so it cannot hand over that early.
+    pub async fn hand_over(&self, within: Duration) -> Result<Option<NodeId>, Error> {
+        let deadline = Instant::now() + within;
+        if self.raft.metrics().borrow().state != openraft::ServerState::Leader {
+            return Ok(None);
+        }
+        // Our own vote is refused while our leader lease runs: one election
+        // timeout from becoming leader.
+        let lease = self.leader_change_wait + LEASE_MARGIN;
+        loop {
+            let now = Instant::now();
+            match self.clock.leading_since() {
+                Some(since) if since + lease <= now => break,
+                _ if now >= deadline => return Ok(None),
+                Some(since) => tokio::time::sleep_until((since + lease).min(deadline)).await,
+                None => tokio::time::sleep(lease / 8).await,
+            }
+            if self.raft.metrics().borrow().state != openraft::ServerState::Leader {
+                tracing::info!(id = self.id, "hand-over: leadership lost meanwhile");
+                return Ok(None);
+            }
+        }
+        let metrics = self.raft.metrics().borrow().clone();
+        let term = metrics.current_term;
+        let last = metrics.last_log_index.unwrap_or(0);
+        let membership = metrics.membership_config.membership().clone();
+        let others: BTreeSet<NodeId> = membership.voter_ids().filter(|id| *id != self.id).collect();
+        if others.is_empty() {
+            return Ok(None);
+        }
+        // Wait for a voter that has the whole log, and take the first.
+        let caught_up = self
+            .raft
+            .wait(Some(deadline.saturating_duration_since(Instant::now())))
+            .metrics(
+                |m| {
+                    m.replication.as_ref().is_some_and(|replication| {
+                        others.iter().any(|id| {
+                            replication
+                                .get(id)
+                                .and_then(|matched| matched.as_ref())
+                                .is_some_and(|log_id| log_id.index >= last)
+                        })
+                    })
+                },
+                "a voter has the whole log",
+            )
+            .await;
+        let Ok(metrics) = caught_up else {
+            tracing::info!(id = self.id, "hand-over: no voter caught up in time");
+            return Ok(None);
+        };
+        let Some(successor) = metrics.replication.as_ref().and_then(|replication| {
+            others
+                .iter()
+                .filter_map(|id| {
+                    let matched = replication.get(id)?.as_ref()?.index;
+                    Some((matched, *id))
+                })
+                .max()
+                .map(|(_, id)| id)
+        }) else {
+            return Ok(None);
+        };
+        let Some(addr) = membership
+            .get_node(&successor)
+            .map(|node| node.addr.clone())
+        else {
+            return Ok(None);
+        };
+        let ttl = deadline.saturating_duration_since(Instant::now());
+        self.clock.stand_down(true);
+        let handed = self
+            .send_timeout_now(successor, &addr, term, ttl, deadline)
+            .await;
+        if handed.is_none() {
+            self.clock.stand_down(false);
+        }
+        Ok(handed)
+    }
+
+    /// Asks `successor` to campaign and waits for a new leader; `None` when
+    /// that did not happen by `deadline`.
+    async fn send_timeout_now(
+        &self,
+        successor: NodeId,
+        addr: &str,
+        term: u64,
+        ttl: Duration,
+        deadline: Instant,
+    ) -> Option<NodeId> {
+        match self.network.timeout_now(successor, addr, term, ttl).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::info!(
+                    id = self.id,
+                    successor,
+                    "hand-over refused by the successor"
+                );
+                return None;
+            }
+            Err(error) => {
+                tracing::info!(id = self.id, successor, %error, "hand-over not delivered");
+                return None;
+            }
+        }
+        let moved = self
+            .raft
+            .wait(Some(deadline.saturating_duration_since(Instant::now())))
+            .metrics(
+                |m| m.current_leader.is_some_and(|leader| leader != self.id),
+                "another member leads",
+            )
+            .await;
+        match moved {
+            Ok(m) => m.current_leader,
+            Err(error) => {
+                tracing::info!(id = self.id, successor, %error, "hand-over: no new leader in time");
+                None
+            }
+        }
+    }
+
+    /// Stops the election campaigner, the peer server and then openraft.
+    /// Idempotent. The stores
     /// close when this `RaftNode` (and every clone of [`RaftNode::raft`]) is
     /// dropped.
     pub async fn shutdown(&self) -> Result<(), Error> {
+        let campaigner = self
+            .campaigner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some((stop, task)) = campaigner {
+            let _ = stop.send(true);
+            let _ = task.await;
+        }
         let server = self.server.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(PeerServer { stop, mut task }) = server {
             let _ = stop.send(());

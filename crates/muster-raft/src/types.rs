@@ -79,26 +79,15 @@ pub const INSTALL_SNAPSHOT_TIMEOUT_MS: u64 = 10_000;
 /// timeout `t` (etcd's defaults: [`DEFAULT_HEARTBEAT_MS`],
 /// [`DEFAULT_ELECTION_TIMEOUT_MS`]), validated.
 ///
-/// etcd's follower campaigns after a random `[t, 2 t)` without a heartbeat.
-/// openraft 0.9 works differently, and that decides the mapping:
-///
-/// - Each member draws *one* election timeout `e` from
-///   `[election_timeout_min, election_timeout_max)` when it starts
-///   (`EngineConfig::new`).
-/// - The leader lease is `election_timeout_max` itself; no `Config` field
-///   sets it separately. A follower whose vote is committed (it knows a
-///   leader) campaigns only once `lease + e` has passed since it last heard
-///   from the leader (`RaftCore::handle_tick_election`), and refuses votes
-///   while its own lease runs (`Engine::handle_vote_req`). Elections are
-///   checked on a tick every `1.5 × heartbeat`.
-///
-/// So a follower waits `max + [min, max)` after the last heartbeat. With
-/// `min = t/2` and `max = t` that is `[1.5 t, 2 t)`: randomised over half
-/// an election timeout and within etcd's window, so at the defaults a new
-/// leader is elected within about 2.2 s of the old one's last heartbeat
-/// (rather than the `[3 t, 4 t)` that `[t, 2 t)` would give). A candidate
-/// whose vote is not committed (a split vote, a fresh start) retries after
-/// its own `e` alone, `[t/2, t)`.
+/// openraft's own election timer is off (`enable_elect: false`): it draws
+/// one timeout per process, so members whose draws are close split the vote
+/// round after round. muster's campaigner (the `election` module) decides
+/// when to campaign instead, drawing afresh every round. What remains of
+/// openraft's timing is the leader lease, which is `election_timeout_max`
+/// (`t`) itself: a follower refuses votes for `t` after it last heard from
+/// its leader (`Engine::handle_vote_req`), so the campaigner's first round
+/// waits at least `t`. `election_timeout_min` is `t/2` only to satisfy
+/// validation.
 ///
 /// Fails when the heartbeat is not shorter than `t/2` (etcd itself wants
 /// `t ≥ 5 × heartbeat`).
@@ -112,6 +101,7 @@ pub fn raft_config(
         election_timeout_min: election_timeout_ms / 2,
         election_timeout_max: election_timeout_ms,
         install_snapshot_timeout: INSTALL_SNAPSHOT_TIMEOUT_MS,
+        enable_elect: false,
         ..Default::default()
     }
     .validate()

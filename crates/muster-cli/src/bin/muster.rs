@@ -118,6 +118,15 @@ async fn run(member: Member) -> anyhow::Result<()> {
         Ok(Err(e)) => tracing::warn!(error = %e, "client API task failed"),
         Err(_) => tracing::warn!("client API did not stop within 5 s"),
     }
+    let within = std::time::Duration::from_millis(member.election_timeout_ms.saturating_mul(3));
+    match node.hand_over(within).await {
+        Ok(Some(successor)) => tracing::info!(
+            successor = format_args!("{successor:016x}"),
+            "leadership handed over"
+        ),
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "handing leadership over failed"),
+    }
     tracing::info!("shutting down");
     node.shutdown().await.context("shutting down")?;
     Ok(())

@@ -111,6 +111,12 @@ impl Cluster {
     /// Starts `options.size` members (IDs 1..=size) and, if
     /// `options.initialize`, initializes the cluster on member 1.
     pub(crate) async fn start(options: Options) -> Cluster {
+        // Logs only when asked for (`RUST_LOG=muster_raft=info`), captured
+        // per test.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         let cluster = Cluster {
             dir: tempfile::tempdir().expect("temp dir"),
             options,
