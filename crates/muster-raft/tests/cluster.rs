@@ -1,6 +1,7 @@
 //! In-process clusters of [`RaftNode`]s on loopback: election, replication,
-//! failover, catch-up after isolation (from the log and from a snapshot),
-//! and restart on the same data directories.
+//! failover, catch-up after isolation and after a stop during 20k writes
+//! (from the log and from a snapshot), and restart on the same data
+//! directories.
 //!
 //! Every listener is bound by the test first (port 0), so peer addresses are
 //! known before any member starts. Every wait is bounded, and events are
@@ -9,11 +10,14 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Cluster, ELECTION_TIMEOUT_MS, Options, assert_all_have, assert_equal_hashes, keys};
+use common::{
+    Cluster, ELECTION_TIMEOUT_MS, Options, WAIT, assert_all_have, assert_equal_hashes, keys,
+};
 use muster_core::Command;
-use muster_raft::{Error, NodeId};
+use muster_raft::{CommandResult, Error, NodeId, RaftNode};
 
 /// Starts `size` members (IDs 1..=size) at the fast timings with
 /// `snapshot_logs`, and initializes the cluster on member 1.
@@ -91,12 +95,10 @@ async fn a_new_leader_takes_over_when_the_leader_stops() {
     let failover = stopped.elapsed();
     eprintln!("leader {old_leader} stopped; {new_leader} leads after {failover:?}");
     assert_ne!(new_leader, old_leader);
-    // openraft 0.9 makes a follower whose vote is committed wait out the
-    // leader lease (= election_timeout_max = t) plus its randomised election
-    // timeout in [t/2, t) after the last heartbeat before it campaigns, so
-    // failover takes 1.5t..2t plus a vote round (etcd: t..2t). This bound is
-    // generous for busy machines and split votes; tests/failover.rs holds
-    // the tight one at the default timings.
+    // A follower campaigns a random [t, 1.5t) after the last heartbeat, so
+    // failover takes about that plus a vote round (etcd: t..2t). This bound
+    // is generous for busy machines and split votes; tests/failover.rs
+    // holds the tight one at the default timings.
     assert!(
         failover < Duration::from_millis(4 * ELECTION_TIMEOUT_MS + 1_000),
         "failover took {failover:?}"
@@ -151,6 +153,110 @@ async fn isolate_write_heal(
     cluster.faults.heal(follower);
     cluster.wait_leader_and_converged().await;
     (cluster, follower, behind_at, acknowledged)
+}
+
+/// Writes `count` keys `bulk/NNNNN` through `leader` from `writers`
+/// concurrent tasks, each write bounded by [`WAIT`]; returns them.
+async fn write_many(
+    leader: Arc<RaftNode>,
+    count: usize,
+    writers: usize,
+) -> BTreeMap<String, String> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for writer in 0..writers {
+        let leader = Arc::clone(&leader);
+        tasks.spawn(async move {
+            let mut written = Vec::new();
+            for i in (writer..count).step_by(writers) {
+                let (key, value) = (format!("bulk/{i:05}"), format!("v{i}"));
+                let result = tokio::time::timeout(WAIT, leader.write(common::put(&key, &value)))
+                    .await
+                    .expect("write acknowledged in time")
+                    .expect("write");
+                assert!(matches!(result, CommandResult::Applied(_)), "{result:?}");
+                written.push((key, value));
+            }
+            written
+        });
+    }
+    let mut acknowledged = BTreeMap::new();
+    while let Some(written) = tasks.join_next().await {
+        acknowledged.extend(written.expect("writer task"));
+    }
+    acknowledged
+}
+
+/// Stops a follower, writes `writes` keys through the other two, restarts
+/// it and waits until it has caught up. Returns (cluster, follower, the
+/// follower's applied index when it stopped, acknowledged writes).
+async fn stop_write_restart(
+    writes: usize,
+    snapshot_logs: u64,
+) -> (Cluster, NodeId, u64, BTreeMap<String, String>) {
+    let cluster = start(3, snapshot_logs).await;
+    let leader = cluster.wait_leader().await;
+    let follower = cluster.followers(leader)[0];
+    cluster.put("bulk/before", "x").await;
+    cluster.wait_leader_and_converged().await;
+    let stopped_at = cluster
+        .node(follower)
+        .state_machine()
+        .last_applied()
+        .map_or(0, |log_id| log_id.index);
+    cluster.stop(follower).await;
+
+    let started = Instant::now();
+    let mut acknowledged = write_many(cluster.node(leader), writes, 32).await;
+    eprintln!(
+        "{writes} writes with member {follower} stopped: {:?}",
+        started.elapsed()
+    );
+    acknowledged.insert("bulk/before".to_string(), "x".to_string());
+
+    let restarted = Instant::now();
+    cluster.restart(follower).await;
+    cluster.wait_leader_and_converged().await;
+    eprintln!(
+        "member {follower} caught up {:?} after its restart",
+        restarted.elapsed()
+    );
+    (cluster, follower, stopped_at, acknowledged)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_stopped_during_20k_writes_catches_up_from_the_log() {
+    let (cluster, follower, _, acknowledged) = stop_write_restart(20_000, 100_000).await;
+    assert_eq!(keys(&cluster.node(follower), "bulk/").len(), 20_001);
+    assert_all_have(&cluster, &acknowledged, "bulk/");
+    assert_equal_hashes(&cluster);
+    let metrics = cluster.node(follower).raft().metrics().borrow().clone();
+    assert_eq!(metrics.snapshot, None, "no snapshot was needed");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_stopped_during_20k_writes_catches_up_from_a_snapshot() {
+    let (cluster, follower, stopped_at, acknowledged) = stop_write_restart(20_000, 2_000).await;
+    assert_eq!(keys(&cluster.node(follower), "bulk/").len(), 20_001);
+    assert_all_have(&cluster, &acknowledged, "bulk/");
+    assert_equal_hashes(&cluster);
+
+    // The leader purged its log past where the follower stopped, so the
+    // follower can only have caught up by installing a snapshot.
+    let leader = cluster.wait_leader().await;
+    let leader_metrics = cluster.node(leader).raft().metrics().borrow().clone();
+    let purged = leader_metrics.purged.map_or(0, |log_id| log_id.index);
+    assert!(
+        purged > stopped_at,
+        "leader purged only up to {purged}, follower stopped at {stopped_at}"
+    );
+    let follower_metrics = cluster.node(follower).raft().metrics().borrow().clone();
+    let snapshot = follower_metrics.snapshot.expect("follower has a snapshot");
+    assert!(
+        snapshot.index > stopped_at,
+        "follower's snapshot {snapshot} is not past {stopped_at}"
+    );
+    cluster.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,13 +21,18 @@ use muster_server::kv::{KvService, Limits};
 use openraft::BasicNode;
 use tokio::net::TcpListener;
 
+/// The log filter when `RUST_LOG` is not set. openraft logs a warning, and
+/// in replication an error, for every failed send to a member that is down
+/// (twice a second per peer); the peer transport logs that member going
+/// down and coming back once each instead.
+const DEFAULT_LOG_FILTER: &str = "info,openraft=error,openraft::replication=off,sled=warn";
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("info,openraft=warn,sled=warn")
-            }),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER)),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

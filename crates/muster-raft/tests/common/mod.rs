@@ -111,10 +111,16 @@ impl Cluster {
     /// Starts `options.size` members (IDs 1..=size) and, if
     /// `options.initialize`, initializes the cluster on member 1.
     pub(crate) async fn start(options: Options) -> Cluster {
-        // Logs only when asked for (`RUST_LOG=muster_raft=info`), captured
-        // per test.
+        // Warnings (openraft's errors only), or what `RUST_LOG` asks for, captured per test (without
+        // openraft's error per failed send to a stopped member).
         let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new(
+                        "warn,openraft=error,openraft::replication=off",
+                    )
+                }),
+            )
             .with_test_writer()
             .try_init();
         let cluster = Cluster {
