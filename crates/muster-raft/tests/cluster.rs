@@ -223,60 +223,10 @@ async fn stop_write_restart(
     (cluster, follower, stopped_at, acknowledged)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_follower_stopped_during_20k_writes_catches_up_from_the_log() {
-    let (cluster, follower, _, acknowledged) = stop_write_restart(20_000, 100_000).await;
-    assert_eq!(keys(&cluster.node(follower), "bulk/").len(), 20_001);
-    assert_all_have(&cluster, &acknowledged, "bulk/");
-    assert_equal_hashes(&cluster);
-    let metrics = cluster.node(follower).raft().metrics().borrow().clone();
-    assert_eq!(metrics.snapshot, None, "no snapshot was needed");
-    cluster.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_follower_stopped_during_20k_writes_catches_up_from_a_snapshot() {
-    let (cluster, follower, stopped_at, acknowledged) = stop_write_restart(20_000, 2_000).await;
-    assert_eq!(keys(&cluster.node(follower), "bulk/").len(), 20_001);
-    assert_all_have(&cluster, &acknowledged, "bulk/");
-    assert_equal_hashes(&cluster);
-
-    // The leader purged its log past where the follower stopped, so the
-    // follower can only have caught up by installing a snapshot.
-    let leader = cluster.wait_leader().await;
-    let leader_metrics = cluster.node(leader).raft().metrics().borrow().clone();
-    let purged = leader_metrics.purged.map_or(0, |log_id| log_id.index);
-    assert!(
-        purged > stopped_at,
-        "leader purged only up to {purged}, follower stopped at {stopped_at}"
-    );
-    let follower_metrics = cluster.node(follower).raft().metrics().borrow().clone();
-    let snapshot = follower_metrics.snapshot.expect("follower has a snapshot");
-    assert!(
-        snapshot.index > stopped_at,
-        "follower's snapshot {snapshot} is not past {stopped_at}"
-    );
-    cluster.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_isolated_follower_catches_up_from_the_log_after_healing() {
-    let (cluster, follower, _, acknowledged) = isolate_write_heal(200, 10_000).await;
-    assert_all_have(&cluster, &acknowledged, "svc/");
-    assert_equal_hashes(&cluster);
-    let metrics = cluster.node(follower).raft().metrics().borrow().clone();
-    assert_eq!(metrics.snapshot, None, "no snapshot was needed");
-    cluster.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_isolated_follower_catches_up_from_a_snapshot_after_healing() {
-    let (cluster, follower, behind_at, acknowledged) = isolate_write_heal(500, 50).await;
-    assert_all_have(&cluster, &acknowledged, "svc/");
-    assert_equal_hashes(&cluster);
-
-    // The leader purged the log past where the follower stood, so the
-    // follower can only have caught up by installing a snapshot.
+/// The leader purged its log past `behind_at` (where `follower` stood), so
+/// the follower can only have caught up by installing a snapshot, which it
+/// holds.
+async fn assert_caught_up_by_snapshot(cluster: &Cluster, follower: NodeId, behind_at: u64) {
     let leader = cluster.wait_leader().await;
     let leader_metrics = cluster.node(leader).raft().metrics().borrow().clone();
     let purged = leader_metrics.purged.map_or(0, |log_id| log_id.index);
@@ -290,6 +240,49 @@ async fn an_isolated_follower_catches_up_from_a_snapshot_after_healing() {
         snapshot.index > behind_at,
         "follower's snapshot {snapshot} is not past {behind_at}"
     );
+}
+
+/// The follower has no snapshot: it caught up from the log.
+fn assert_caught_up_by_log(cluster: &Cluster, follower: NodeId) {
+    let metrics = cluster.node(follower).raft().metrics().borrow().clone();
+    assert_eq!(metrics.snapshot, None, "no snapshot was needed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_stopped_during_20k_writes_catches_up_from_the_log() {
+    let (cluster, follower, _, acknowledged) = stop_write_restart(20_000, 100_000).await;
+    assert_eq!(keys(&cluster.node(follower), "bulk/").len(), 20_001);
+    assert_all_have(&cluster, &acknowledged, "bulk/");
+    assert_equal_hashes(&cluster);
+    assert_caught_up_by_log(&cluster, follower);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_stopped_during_20k_writes_catches_up_from_a_snapshot() {
+    let (cluster, follower, stopped_at, acknowledged) = stop_write_restart(20_000, 2_000).await;
+    assert_eq!(keys(&cluster.node(follower), "bulk/").len(), 20_001);
+    assert_all_have(&cluster, &acknowledged, "bulk/");
+    assert_equal_hashes(&cluster);
+    assert_caught_up_by_snapshot(&cluster, follower, stopped_at).await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_follower_catches_up_from_the_log_after_healing() {
+    let (cluster, follower, _, acknowledged) = isolate_write_heal(200, 10_000).await;
+    assert_all_have(&cluster, &acknowledged, "svc/");
+    assert_equal_hashes(&cluster);
+    assert_caught_up_by_log(&cluster, follower);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_follower_catches_up_from_a_snapshot_after_healing() {
+    let (cluster, follower, behind_at, acknowledged) = isolate_write_heal(500, 50).await;
+    assert_all_have(&cluster, &acknowledged, "svc/");
+    assert_equal_hashes(&cluster);
+    assert_caught_up_by_snapshot(&cluster, follower, behind_at).await;
     cluster.shutdown().await;
 }
 
