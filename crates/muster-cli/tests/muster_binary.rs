@@ -255,19 +255,28 @@ fn spawn_cluster(dir: &Path, size: usize, token: &str) -> Spawned {
     }
 }
 
-/// Reads the members' logs until every member has started and a leader is
-/// elected, bounded: member ID → index, the leader's ID, and how long after
-/// spawning it was elected.
+/// Reads the members' logs until every member has started and all three
+/// name the same leader in their latest "leader elected" line, bounded:
+/// member ID → index, the leader's ID, and how long after spawning they
+/// agreed.
+///
+/// Every member of a new cluster bootstraps it and campaigns at once, so a
+/// first leader may be replaced within milliseconds (openraft lets a
+/// higher member ID take over a term); waiting for agreement skips that.
 fn first_leader(
     log: &mpsc::Receiver<(usize, String)>,
     spawned_at: std::time::Instant,
 ) -> (std::collections::HashMap<String, usize>, String, Duration) {
     let mut member_of = std::collections::HashMap::new();
-    let mut leader: Option<(String, Duration)> = None;
-    while member_of.len() < 3 || leader.is_none() {
+    let mut latest: std::collections::HashMap<usize, String> = std::collections::HashMap::new();
+    loop {
+        let agreed = latest.len() == 3 && latest.values().all(|l| Some(l) == latest.get(&0));
+        if member_of.len() == 3 && agreed {
+            return (member_of, latest[&0].clone(), spawned_at.elapsed());
+        }
         let (i, line) = log
             .recv_timeout(START_TIMEOUT)
-            .expect("members start and elect a leader");
+            .expect("members start and agree on a leader");
         // The binary's own start line carries ` member=<id>` (the Raft
         // layer logs a start line of its own without it).
         if line.contains("member started")
@@ -275,15 +284,12 @@ fn first_leader(
         {
             member_of.insert(id.to_string(), i);
         }
-        if line.contains("leader elected") && leader.is_none() {
-            leader = Some((
-                field(&line, "leader").expect("leader id").to_string(),
-                spawned_at.elapsed(),
-            ));
+        if line.contains("leader elected")
+            && let Some(leader) = field(&line, "leader")
+        {
+            latest.insert(i, leader.to_string());
         }
     }
-    let (leader, after) = leader.expect("a leader");
-    (member_of, leader, after)
 }
 
 #[test]
@@ -521,6 +527,7 @@ fn put_until_acknowledged(
         if put.status.success() {
             return Some(started.elapsed());
         }
+
         assert!(
             started.elapsed() < within,
             "no write acknowledged within {within:?}"
@@ -532,23 +539,8 @@ fn put_until_acknowledged(
 fn acknowledged_writes_survive_kill_9_of_the_leader_and_of_the_whole_cluster() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut cluster = spawn_cluster(dir.path(), 3, "durable");
-    let mut member_of: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-    let mut leader = None;
-    while member_of.len() < 3 || leader.is_none() {
-        let (i, line) = cluster
-            .log
-            .recv_timeout(START_TIMEOUT)
-            .expect("members start and elect a leader");
-        if line.contains("member started")
-            && let Some(id) = field(&line, "member")
-        {
-            member_of.insert(id.to_string(), i);
-        }
-        if line.contains("leader elected") {
-            leader = field(&line, "leader").map(str::to_string);
-        }
-    }
-    let leader = member_of[&leader.expect("a leader")];
+    let (member_of, leader, _) = first_leader(&cluster.log, cluster.spawned_at);
+    let leader = member_of[&leader];
     let survivor = (leader + 1) % 3;
 
     // 50 acknowledged writes through the leader, then kill -9 it at once.
