@@ -1,6 +1,251 @@
-//! Cross-crate and compatibility tests for muster.
+//! Cross-crate and compatibility tests for muster, and the in-process
+//! cluster they run against.
 //!
 //! The tests live in `tests/tests/`; for example `proto_interop.rs` checks
 //! that `muster-proto`'s etcd v3.5 messages are wire-compatible with the
-//! `etcd-client` crate's. Shared test-harness code (cluster setup, clients,
-//! fixtures) will be added to this library as it is needed.
+//! `etcd-client` crate's, and `client_api.rs` drives every etcd v3 RPC
+//! through `etcd-client` against a [`TestCluster`].
+//!
+//! A [`TestCluster`] is 1, 3 or 5 members in this process, each a real
+//! [`RaftNode`] (sled log, peer transport on loopback) with the client API
+//! ([`ClientApi`]) on its own loopback port. Every port is bound by the
+//! harness first (port 0) and kept across a member's restart. Every wait is
+//! bounded by [`WAIT`].
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use muster_raft::{NodeId, RaftNode, RaftNodeConfig};
+use muster_server::kv::Limits;
+use muster_server::server::ClientApi;
+use openraft::{BasicNode, ServerState};
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Upper bound of every wait in the harness and its tests.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// The cluster ID every test cluster reports.
+pub const CLUSTER_ID: u64 = 0x6d75_7374_6572_0001;
+
+/// Timings of a test cluster.
+#[derive(Clone, Copy, Debug)]
+pub struct Timings {
+    /// Heartbeat interval, in milliseconds.
+    pub heartbeat_ms: u64,
+    /// Election timeout, in milliseconds.
+    pub election_timeout_ms: u64,
+}
+
+impl Timings {
+    /// Short timings so elections in tests take a fraction of a second.
+    pub const FAST: Timings = Timings {
+        heartbeat_ms: 50,
+        election_timeout_ms: 300,
+    };
+}
+
+/// One running member.
+struct Running {
+    node: Arc<RaftNode>,
+    stop_clients: oneshot::Sender<()>,
+    clients: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+/// A member's fixed parts, which outlive a restart.
+struct Slot {
+    config: RaftNodeConfig,
+    peer_addr: SocketAddr,
+    client_addr: SocketAddr,
+    running: Option<Running>,
+}
+
+/// An in-process muster cluster serving the etcd v3 API on loopback.
+pub struct TestCluster {
+    _dir: TempDir,
+    slots: Vec<Slot>,
+}
+
+async fn bind(addr: SocketAddr) -> TcpListener {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match TcpListener::bind(addr).await {
+            Ok(listener) => return listener,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("rebinding {addr}: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("cannot bind {addr}: {e}"),
+        }
+    }
+}
+
+impl TestCluster {
+    /// Starts `size` members with [`Timings::FAST`] and bootstraps them.
+    pub async fn start(size: usize) -> TestCluster {
+        Self::start_with(size, Timings::FAST).await
+    }
+
+    /// Starts `size` members with `timings` and bootstraps them.
+    pub async fn start_with(size: usize, timings: Timings) -> TestCluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut slots = Vec::new();
+        let mut peer_listeners = Vec::new();
+        let mut client_listeners = Vec::new();
+        for i in 0..size {
+            let peer = TcpListener::bind("127.0.0.1:0").await.expect("bind peer");
+            let client = TcpListener::bind("127.0.0.1:0").await.expect("bind client");
+            let mut config = RaftNodeConfig::new(
+                i as NodeId + 1,
+                dir.path().join(format!("member-{}", i + 1)),
+            );
+            config.heartbeat_ms = timings.heartbeat_ms;
+            config.election_timeout_ms = timings.election_timeout_ms;
+            slots.push(Slot {
+                config,
+                peer_addr: peer.local_addr().expect("peer addr"),
+                client_addr: client.local_addr().expect("client addr"),
+                running: None,
+            });
+            peer_listeners.push(peer);
+            client_listeners.push(client);
+        }
+        let mut cluster = TestCluster { _dir: dir, slots };
+        for (i, (peer, client)) in peer_listeners.into_iter().zip(client_listeners).enumerate() {
+            cluster.run(i, peer, client).await;
+        }
+        let members: BTreeMap<NodeId, BasicNode> = cluster
+            .slots
+            .iter()
+            .map(|slot| (slot.config.id, BasicNode::new(slot.peer_addr.to_string())))
+            .collect();
+        cluster
+            .node(0)
+            .initialize(members)
+            .await
+            .expect("initialize");
+        cluster.wait_leader().await;
+        cluster
+    }
+
+    async fn run(&mut self, i: usize, peer: TcpListener, client: TcpListener) {
+        let slot = &mut self.slots[i];
+        let node = Arc::new(
+            RaftNode::start(slot.config.clone(), peer)
+                .await
+                .expect("start member"),
+        );
+        let (stop_clients, stopped) = oneshot::channel::<()>();
+        let api = ClientApi::new(Arc::clone(&node), CLUSTER_ID, Limits::default());
+        let clients = tokio::spawn(api.serve(client, async {
+            let _ = stopped.await;
+        }));
+        slot.running = Some(Running {
+            node,
+            stop_clients,
+            clients,
+        });
+    }
+
+    /// How many members the cluster has (running or not).
+    pub fn size(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Member `i`'s Raft node (it must be running).
+    pub fn node(&self, i: usize) -> Arc<RaftNode> {
+        let running = self.slots[i].running.as_ref().expect("member is running");
+        Arc::clone(&running.node)
+    }
+
+    /// Member `i`'s ID.
+    pub fn member_id(&self, i: usize) -> NodeId {
+        self.slots[i].config.id
+    }
+
+    /// Member `i`'s client URL, `http://127.0.0.1:<port>`.
+    pub fn endpoint(&self, i: usize) -> String {
+        format!("http://{}", self.slots[i].client_addr)
+    }
+
+    /// Every member's client URL.
+    pub fn endpoints(&self) -> Vec<String> {
+        (0..self.size()).map(|i| self.endpoint(i)).collect()
+    }
+
+    /// An `etcd-client` connected to member `i` only.
+    pub async fn client(&self, i: usize) -> etcd_client::Client {
+        tokio::time::timeout(WAIT, etcd_client::Client::connect([self.endpoint(i)], None))
+            .await
+            .expect("connect in time")
+            .expect("connect")
+    }
+
+    /// Waits until the running members agree on a leader; its index.
+    pub async fn wait_leader(&self) -> usize {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let mut leaders = self
+                .slots
+                .iter()
+                .filter_map(|slot| slot.running.as_ref())
+                .map(|running| running.node.raft().metrics().borrow().current_leader);
+            let first = leaders.next().flatten();
+            if let Some(leader) = first
+                && leaders.all(|l| l == Some(leader))
+                && let Some(i) = self.slots.iter().position(|s| s.config.id == leader)
+                && self.slots[i]
+                    .running
+                    .as_ref()
+                    .is_some_and(|r| r.node.raft().metrics().borrow().state == ServerState::Leader)
+            {
+                return i;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no agreed leader within {WAIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The index of a running member that is not the leader.
+    pub async fn follower(&self) -> usize {
+        let leader = self.wait_leader().await;
+        (0..self.size())
+            .find(|&i| i != leader && self.slots[i].running.is_some())
+            .expect("a running follower")
+    }
+
+    /// Stops member `i`: its client API, then its Raft node.
+    pub async fn stop(&mut self, i: usize) {
+        let running = self.slots[i].running.take().expect("member is running");
+        let _ = running.stop_clients.send(());
+        let _ = tokio::time::timeout(WAIT, running.clients).await;
+        tokio::time::timeout(WAIT, running.node.shutdown())
+            .await
+            .expect("shutdown in time")
+            .expect("shutdown");
+    }
+
+    /// Restarts stopped member `i` on its data directory and old ports.
+    pub async fn restart(&mut self, i: usize) {
+        assert!(self.slots[i].running.is_none(), "member {i} is running");
+        let peer = bind(self.slots[i].peer_addr).await;
+        let client = bind(self.slots[i].client_addr).await;
+        self.run(i, peer, client).await;
+    }
+
+    /// Stops every running member.
+    pub async fn shutdown(mut self) {
+        for i in 0..self.size() {
+            if self.slots[i].running.is_some() {
+                self.stop(i).await;
+            }
+        }
+    }
+}

@@ -41,7 +41,7 @@ impl Default for Limits {
 }
 
 /// The `KV` service of one member.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct KvService {
     node: Arc<RaftNode>,
     cluster_id: u64,

@@ -17,7 +17,8 @@ use clap::Parser as _;
 use muster_raft::{RaftNode, RaftNodeConfig};
 use muster_server::config::{ClusterState, Member, MemberConfig};
 use muster_server::identity::{self, Identity, Startup};
-use muster_server::kv::{KvService, Limits};
+use muster_server::kv::Limits;
+use muster_server::server::ClientApi;
 use openraft::BasicNode;
 use tokio::net::TcpListener;
 
@@ -102,17 +103,10 @@ async fn run(member: Member) -> anyhow::Result<()> {
 
     let leader_log = tokio::spawn(log_leader_changes(node.raft().metrics(), member.id));
     let (stop_clients, clients_stopped) = tokio::sync::oneshot::channel::<()>();
-    let kv = KvService::new(Arc::clone(&node), member.cluster_id, Limits::default());
-    let client_api = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(kv.into_server())
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(client_listener),
-                async {
-                    let _ = clients_stopped.await;
-                },
-            ),
-    );
+    let api = ClientApi::new(Arc::clone(&node), member.cluster_id, Limits::default());
+    let client_api = tokio::spawn(api.serve(client_listener, async {
+        let _ = clients_stopped.await;
+    }));
 
     shutdown.wait().await;
     leader_log.abort();
