@@ -68,12 +68,7 @@ impl KvService {
 
     /// A header with this member's identity, the current term and `revision`.
     fn header(&self, revision: i64) -> pb::ResponseHeader {
-        pb::ResponseHeader {
-            cluster_id: self.cluster_id,
-            member_id: self.node.id(),
-            revision,
-            raft_term: self.node.raft().metrics().borrow().current_term,
-        }
+        crate::server::response_header(&self.node, self.cluster_id, revision)
     }
 
     fn check_size(&self, request: &impl prost::Message) -> Result<(), Status> {

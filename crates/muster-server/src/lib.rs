@@ -3,12 +3,13 @@
 //! So far: the member's configuration ([`config`]: etcd's flag names,
 //! validation, member and cluster IDs), its identity on disk ([`identity`]:
 //! a restart rejoins, another cluster's data dir is refused), the etcd
-//! `KV` service ([`kv`]) with etcd's errors ([`status`]), all of it served
-//! together by [`server::ClientApi`]. The watch hub, lessor and the other
-//! services come with the rest of the API work.
+//! `KV` service ([`kv`]) with etcd's errors ([`status`]), the `Watch`
+//! service ([`watch`]), all of it served together by [`server::ClientApi`].
+//! The lessor and the other services come with the rest of the API work.
 
 pub mod config;
 pub mod identity;
 pub mod kv;
 pub mod server;
 pub mod status;
+pub mod watch;
