@@ -64,10 +64,15 @@ struct Slot {
     running: Option<Running>,
 }
 
+/// Adjusts a member's client API before it serves (see
+/// [`TestCluster::start_configured`]).
+pub type Configure = fn(ClientApi) -> ClientApi;
+
 /// An in-process muster cluster serving the etcd v3 API on loopback.
 pub struct TestCluster {
     _dir: TempDir,
     slots: Vec<Slot>,
+    configure: Configure,
 }
 
 async fn bind(addr: SocketAddr) -> TcpListener {
@@ -92,6 +97,16 @@ impl TestCluster {
 
     /// Starts `size` members with `timings` and bootstraps them.
     pub async fn start_with(size: usize, timings: Timings) -> TestCluster {
+        Self::start_configured(size, timings, |api| api).await
+    }
+
+    /// Starts `size` members with `timings`, each client API adjusted by
+    /// `configure` (also on restarts), and bootstraps them.
+    pub async fn start_configured(
+        size: usize,
+        timings: Timings,
+        configure: Configure,
+    ) -> TestCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut slots = Vec::new();
         let mut peer_listeners = Vec::new();
@@ -114,7 +129,11 @@ impl TestCluster {
             peer_listeners.push(peer);
             client_listeners.push(client);
         }
-        let mut cluster = TestCluster { _dir: dir, slots };
+        let mut cluster = TestCluster {
+            _dir: dir,
+            slots,
+            configure,
+        };
         for (i, (peer, client)) in peer_listeners.into_iter().zip(client_listeners).enumerate() {
             cluster.run(i, peer, client).await;
         }
@@ -140,7 +159,10 @@ impl TestCluster {
                 .expect("start member"),
         );
         let (stop_clients, stopped) = oneshot::channel::<()>();
-        let api = ClientApi::new(Arc::clone(&node), CLUSTER_ID, Limits::default());
+        let api = (self.configure)(
+            ClientApi::new(Arc::clone(&node), CLUSTER_ID, Limits::default())
+                .with_election_timeout(Duration::from_millis(slot.config.election_timeout_ms)),
+        );
         let clients = tokio::spawn(api.serve(client, async {
             let _ = stopped.await;
         }));

@@ -39,6 +39,7 @@
 
 mod election;
 mod error;
+mod lease;
 mod log_store;
 pub mod network;
 mod node;
@@ -48,11 +49,12 @@ mod state_machine;
 mod types;
 
 pub use error::Error;
+pub use lease::{LeaseAnswer, LeaseKeeper, LeaseOp};
 pub use log_store::LogStore;
 pub use network::{FaultInjector, ForwardError, PeerNetwork, PeerNetworkFactory, PeerService};
 pub use node::{
-    DEFAULT_SNAPSHOT_LOGS, MAX_SNAPSHOT_KEEP_LOGS, Members, REQUEST_TIMEOUT, RaftNode,
-    RaftNodeConfig,
+    DEFAULT_SNAPSHOT_LOGS, MAX_SNAPSHOT_KEEP_LOGS, Members, MoveLeaderError, REQUEST_TIMEOUT,
+    RaftNode, RaftNodeConfig,
 };
 pub use state_machine::{AppliedEvents, DEFAULT_EVENT_CAPACITY, MAX_EVENT_CAPACITY, StateMachine};
 pub use types::{

@@ -30,7 +30,7 @@
 //!   when it recovers; the repeated failures in between are `debug`, so a
 //!   member that is down does not flood the log.
 //!
-//! Besides openraft's three RPCs the service carries three of muster's own,
+//! Besides openraft's three RPCs the service carries four of muster's own,
 //! also for members only:
 //!
 //! - `Forward`: a follower hands a client's [`Command`] to the leader, which
@@ -38,6 +38,8 @@
 //! - `ReadIndex`: a follower asks the leader for the read index of a
 //!   linearizable read; the leader confirms its leadership with a quorum
 //!   first.
+//! - `Lease`: a follower hands a lease renewal or time-to-live query to
+//!   the leader's lease keeper ([`crate::RaftNode::lease`]).
 //! - `TimeoutNow`: a leader that is stopping asks its most up-to-date
 //!   follower to campaign at once ([`crate::RaftNode::hand_over`]).
 //!
@@ -56,7 +58,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::error::Error as StdError;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -77,6 +79,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
 
 use crate::election::ElectionClock;
+use crate::lease::{KeeperSlot, LeaseAnswer, LeaseOp};
 use crate::types::{CommandResult, NodeId, Raft, TypeConfig};
 
 /// The generated protobuf messages and gRPC stubs of the peer protocol,
@@ -145,6 +148,7 @@ pub struct PeerService {
     raft: Raft,
     id: NodeId,
     clock: ElectionClock,
+    keeper: KeeperSlot,
 }
 
 impl std::fmt::Debug for PeerService {
@@ -156,8 +160,14 @@ impl std::fmt::Debug for PeerService {
 impl PeerService {
     /// A peer service forwarding to `raft`, member `id`'s openraft,
     /// restarting `clock` whenever a leader is heard from or a vote granted.
-    pub(crate) fn new(raft: Raft, id: NodeId, clock: ElectionClock) -> Self {
-        PeerService { raft, id, clock }
+    /// Lease operations go to the keeper registered in `keeper`.
+    pub(crate) fn new(raft: Raft, id: NodeId, clock: ElectionClock, keeper: KeeperSlot) -> Self {
+        PeerService {
+            raft,
+            id,
+            clock,
+            keeper,
+        }
     }
 
     /// This service as a tonic service, ready for
@@ -261,6 +271,25 @@ impl proto::raft_server::Raft for PeerService {
         };
         Ok(Response::new(proto::ReadIndexResponse {
             payload: encode_reply(&result, "read-index response")?,
+        }))
+    }
+
+    async fn lease(
+        &self,
+        request: Request<proto::LeaseRequest>,
+    ) -> Result<Response<proto::LeaseResponse>, Status> {
+        let op: LeaseOp = decode_request(&request.into_inner().payload, "lease operation")?;
+        let result: Result<LeaseAnswer, ForwardError> =
+            match self.keeper.get().and_then(Weak::upgrade) {
+                None => Err(ForwardError::Raft(
+                    "this member keeps no leases".to_string(),
+                )),
+                Some(keeper) => keeper.answer(op).ok_or_else(|| ForwardError::NotLeader {
+                    leader: self.raft.metrics().borrow().current_leader,
+                }),
+            };
+        Ok(Response::new(proto::LeaseResponse {
+            payload: encode_reply(&result, "lease response")?,
         }))
     }
 
@@ -535,6 +564,26 @@ impl PeerNetworkFactory {
             .client(target, &BasicNode::new(addr))
             .send(ttl, |mut client| async move {
                 let reply = client.forward(proto::ForwardRequest { payload }).await?;
+                Ok(reply.into_inner().payload)
+            })
+            .await?;
+        decode(&reply).map_err(|e| PeerCallError::Network(format!("undecodable reply: {e}")))
+    }
+
+    /// Sends lease operation `op` to member `target` (at peer address
+    /// `addr`, which should be the leader), waiting at most `ttl`.
+    pub(crate) async fn lease(
+        &self,
+        target: NodeId,
+        addr: &str,
+        op: LeaseOp,
+        ttl: Duration,
+    ) -> Result<Result<LeaseAnswer, ForwardError>, PeerCallError> {
+        let payload = encode(&op).map_err(|e| PeerCallError::Network(e.to_string()))?;
+        let reply = self
+            .client(target, &BasicNode::new(addr))
+            .send(ttl, |mut client| async move {
+                let reply = client.lease(proto::LeaseRequest { payload }).await?;
                 Ok(reply.into_inner().payload)
             })
             .await?;

@@ -33,11 +33,17 @@
 //!   caught up), [`RaftNode::promote`] (learner → voter),
 //!   [`RaftNode::remove`] (out of voters and learners; the leader may remove
 //!   itself). [`RaftNode::members`] is this member's current view.
+//! - Leadership moves only from the leader and only to a voter that has
+//!   the whole log, after the leader's own lease has run out:
+//!   [`RaftNode::hand_over`] (to the most up-to-date voter, before a stop)
+//!   and [`RaftNode::move_leader`] (to a voter the caller names; the old
+//!   leader stays a follower) share these steps.
 //! - [`RaftNode::shutdown`] stops the peer server before openraft, and the
 //!   sled database closes when the last handle (the `RaftNode` and any
 //!   [`RaftNode::raft`] clones) is dropped.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -56,6 +62,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::election::{ElectionClock, spawn_campaigner};
 use crate::error::Error;
+use crate::lease::{KeeperSlot, LeaseAnswer, LeaseKeeper, LeaseOp};
 use crate::log_store::LogStore;
 use crate::network::{FaultInjector, ForwardError, PeerCallError, PeerNetworkFactory, PeerService};
 use crate::state_machine::StateMachine;
@@ -206,6 +213,9 @@ pub struct RaftNode {
     campaigner: Mutex<Option<(watch::Sender<bool>, JoinHandle<()>)>>,
     /// Election timing shared with the campaigner and the peer service.
     clock: ElectionClock,
+    /// The lease keeper answering [`RaftNode::lease`] here and forwarded
+    /// lease operations from followers.
+    keeper: KeeperSlot,
 }
 
 /// Where the next attempt of a forwarded request goes.
@@ -226,6 +236,84 @@ enum Miss {
     NotLeader(Option<NodeId>),
     /// The leader (this ID) could not be reached.
     Unreachable(NodeId, String),
+}
+
+/// Why [`RaftNode::move_leader`] did not move leadership.
+#[derive(Debug, thiserror::Error)]
+pub enum MoveLeaderError {
+    /// This member does not lead; `leader` is the one it knows, if any.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader {
+        /// The leader this member knows.
+        leader: Option<NodeId>,
+    },
+    /// The target is not a voter of the cluster: a learner, or not a
+    /// member at all.
+    #[error("member {target} is not a voter")]
+    NotVoter {
+        /// The member asked to lead.
+        target: NodeId,
+    },
+    /// The target did not become leader in time.
+    #[error("leadership did not move to member {target} within {after:?}: {reason}")]
+    Timeout {
+        /// The member asked to lead.
+        target: NodeId,
+        /// How long the move was given.
+        after: Duration,
+        /// The step that did not finish.
+        reason: String,
+    },
+}
+
+/// Lets this member campaign again when dropped: a leader transfer that
+/// ends, however it ends, gives the member back its part in elections.
+struct ResumeCampaigning<'a>(&'a ElectionClock);
+
+impl Drop for ResumeCampaigning<'_> {
+    fn drop(&mut self) {
+        self.0.stand_down(false);
+    }
+}
+
+/// How waiting out a leader's own lease ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LeaseWait {
+    /// The lease ran out while this member still led.
+    RanOut,
+    /// The deadline came first.
+    Deadline,
+    /// This member stopped leading meanwhile.
+    Deposed,
+}
+
+/// Why a `TimeoutNow` did not produce the wanted leader.
+#[derive(Debug)]
+enum TransferMiss {
+    /// The successor refused to campaign (not a voter, leads already, or
+    /// is at a later term).
+    Refused(NodeId),
+    /// The request did not reach the successor.
+    Undelivered(NodeId, String),
+    /// The successor was asked, but did not become leader in time.
+    NoNewLeader(NodeId),
+}
+
+impl std::fmt::Display for TransferMiss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TransferMiss::Refused(id) => write!(f, "member {id} refused to campaign"),
+            TransferMiss::Undelivered(id, error) => {
+                write!(f, "TimeoutNow not delivered to member {id}: {error}")
+            }
+            TransferMiss::NoNewLeader(id) => {
+                write!(
+                    f,
+                    "member {id} campaigned but did not become leader in time"
+                )
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for RaftNode {
@@ -282,7 +370,9 @@ impl RaftNode {
             campaigner_stopped,
         );
         let (stop, stopped) = oneshot::channel::<()>();
-        let service = PeerService::new(raft.clone(), config.id, clock.clone()).into_server();
+        let keeper = KeeperSlot::default();
+        let service = PeerService::new(raft.clone(), config.id, clock.clone(), Arc::clone(&keeper))
+            .into_server();
         let incoming = TcpListenerStream::new(listener);
         let task = tokio::spawn(async move {
             tonic::transport::Server::builder()
@@ -306,6 +396,7 @@ impl RaftNode {
             server: Mutex::new(Some(PeerServer { stop, task })),
             campaigner: Mutex::new(Some((stop_campaigner, campaigner))),
             clock,
+            keeper,
         })
     }
 
@@ -393,7 +484,43 @@ impl RaftNode {
         command: Command,
         timeout: Duration,
     ) -> Result<CommandResult, Error> {
-        const OPERATION: &str = "submit";
+        let command = &command;
+        self.via_leader(
+            "submit",
+            "the command",
+            timeout,
+            || async move {
+                match self.write(command.clone()).await {
+                    Err(Error::NotLeader { leader, .. }) => Ok(Err(leader)),
+                    result => result.map(Ok),
+                }
+            },
+            |leader, addr, ttl| async move {
+                self.network.forward(leader, &addr, command, ttl).await
+            },
+        )
+        .await
+    }
+
+    /// Runs one request on the leader, from any member, within `timeout`:
+    /// `local` when this member leads (answering `Err(leader)` when it
+    /// turns out not to), else `remote` against the leader's peer address.
+    /// The retry policy of [`RaftNode::submit_within`]: at most 5 attempts,
+    /// re-resolving the leader each time, only while nothing was proposed.
+    async fn via_leader<T, L, LF, R, RF>(
+        &self,
+        operation: &'static str,
+        what: &str,
+        timeout: Duration,
+        local: L,
+        remote: R,
+    ) -> Result<T, Error>
+    where
+        L: Fn() -> LF,
+        LF: Future<Output = Result<Result<T, Option<NodeId>>, Error>>,
+        R: Fn(NodeId, String, Duration) -> RF,
+        RF: Future<Output = Result<Result<T, ForwardError>, PeerCallError>>,
+    {
         let deadline = Instant::now() + timeout;
         let mut hint = None;
         let mut miss = Miss::NoLeader;
@@ -406,24 +533,24 @@ impl RaftNode {
                 break;
             };
             match target {
-                Target::Local => match self.write(command.clone()).await {
-                    Err(Error::NotLeader { leader, .. }) => {
+                Target::Local => match local().await? {
+                    Ok(answer) => return Ok(answer),
+                    Err(leader) => {
                         hint = leader;
                         miss = Miss::NotLeader(leader);
                     }
-                    result => return result,
                 },
                 Target::Remote(leader, addr) => {
                     let ttl = deadline.saturating_duration_since(Instant::now());
-                    match self.network.forward(leader, &addr, &command, ttl).await {
-                        Ok(Ok(result)) => return Ok(result),
+                    match remote(leader, addr, ttl).await {
+                        Ok(Ok(answer)) => return Ok(answer),
                         Ok(Err(ForwardError::NotLeader { leader: named })) => {
                             hint = named;
                             miss = Miss::NotLeader(named);
                         }
                         Ok(Err(ForwardError::Raft(reason))) => {
                             return Err(Error::Raft(
-                                format!("leader {leader} failed the command: {reason}").into(),
+                                format!("leader {leader} failed {what}: {reason}").into(),
                             ));
                         }
                         Err(PeerCallError::Unreachable(reason)) => {
@@ -431,7 +558,7 @@ impl RaftNode {
                         }
                         Err(failure @ PeerCallError::Timeout(_)) => {
                             return Err(Error::Timeout {
-                                operation: OPERATION,
+                                operation,
                                 after: timeout,
                                 reason: format!("leader {leader}: {failure}"),
                             });
@@ -445,7 +572,7 @@ impl RaftNode {
                 }
             }
         }
-        Err(self.give_up(OPERATION, timeout, miss))
+        Err(self.give_up(operation, timeout, miss))
     }
 
     /// Waits until this member has applied every entry committed before the
@@ -646,6 +773,36 @@ impl RaftNode {
         self.target(id, &metrics)
     }
 
+    /// Registers this member's lease keeper (once; later calls are
+    /// ignored). Until then, and once the keeper is dropped (it is held
+    /// weakly, since it usually holds this node), lease operations fail on
+    /// this member and on followers forwarding to it.
+    pub fn set_lease_keeper(&self, keeper: &Arc<dyn LeaseKeeper>) {
+        let _ = self.keeper.set(Arc::downgrade(keeper));
+    }
+
+    /// Runs lease operation `op` on the leader's lease keeper, from any
+    /// member: locally when this member leads, otherwise forwarded over
+    /// the peer service (`Lease`). Retries as [`RaftNode::submit`] does
+    /// while leadership moves, within [`REQUEST_TIMEOUT`].
+    pub async fn lease(&self, op: LeaseOp) -> Result<LeaseAnswer, Error> {
+        self.via_leader(
+            "lease",
+            "the lease operation",
+            REQUEST_TIMEOUT,
+            || async move {
+                let keeper = self
+                    .keeper
+                    .get()
+                    .and_then(std::sync::Weak::upgrade)
+                    .ok_or_else(|| Error::Raft("this member keeps no leases".into()))?;
+                Ok(keeper.answer(op).ok_or(None))
+            },
+            |leader, addr, ttl| async move { self.network.lease(leader, &addr, op, ttl).await },
+        )
+        .await
+    }
+
     /// Adds member `id`, whose peer service listens on `addr` (`host:port`),
     /// as a learner, and waits until the leader sees it caught up with the
     /// log (openraft's blocking `add_learner`), so promoting it next does
@@ -746,23 +903,18 @@ impl RaftNode {
     /// after the last heartbeat) has run out. A leader elected less than
     /// one election timeout ago still holds its own lease and refuses the
     /// vote, so it cannot hand over that early.
+    ///
+    /// This member stays out of elections afterwards (it is stopping); to
+    /// move leadership and keep serving, use [`RaftNode::move_leader`].
     pub async fn hand_over(&self, within: Duration) -> Result<Option<NodeId>, Error> {
         let deadline = Instant::now() + within;
         if self.raft.metrics().borrow().state != openraft::ServerState::Leader {
             return Ok(None);
         }
-        // Our own vote is refused while our leader lease runs: one election
-        // timeout from becoming leader.
-        let lease = self.leader_change_wait + LEASE_MARGIN;
-        loop {
-            let now = Instant::now();
-            match self.clock.leading_since() {
-                Some(since) if since + lease <= now => break,
-                _ if now >= deadline => return Ok(None),
-                Some(since) => tokio::time::sleep_until((since + lease).min(deadline)).await,
-                None => tokio::time::sleep(lease / 8).await,
-            }
-            if self.raft.metrics().borrow().state != openraft::ServerState::Leader {
+        match self.wait_out_lease(deadline).await {
+            LeaseWait::RanOut => {}
+            LeaseWait::Deadline => return Ok(None),
+            LeaseWait::Deposed => {
                 tracing::info!(id = self.id, "hand-over: leadership lost meanwhile");
                 return Ok(None);
             }
@@ -775,25 +927,7 @@ impl RaftNode {
         if others.is_empty() {
             return Ok(None);
         }
-        // Wait for a voter that has the whole log, and take the first.
-        let caught_up = self
-            .raft
-            .wait(Some(deadline.saturating_duration_since(Instant::now())))
-            .metrics(
-                |m| {
-                    m.replication.as_ref().is_some_and(|replication| {
-                        others.iter().any(|id| {
-                            replication
-                                .get(id)
-                                .and_then(|matched| matched.as_ref())
-                                .is_some_and(|log_id| log_id.index >= last)
-                        })
-                    })
-                },
-                "a voter has the whole log",
-            )
-            .await;
-        let Ok(metrics) = caught_up else {
+        let Ok(metrics) = self.wait_caught_up(&others, last, deadline).await else {
             tracing::info!(id = self.id, "hand-over: no voter caught up in time");
             return Ok(None);
         };
@@ -815,41 +949,175 @@ impl RaftNode {
         else {
             return Ok(None);
         };
-        let ttl = deadline.saturating_duration_since(Instant::now());
         self.clock.stand_down(true);
         let handed = self
-            .send_timeout_now(successor, &addr, term, ttl, deadline)
+            .send_timeout_now(successor, &addr, term, deadline)
             .await;
-        if handed.is_none() {
-            self.clock.stand_down(false);
+        match handed {
+            Ok(leader) => Ok(Some(leader)),
+            Err(miss) => {
+                tracing::info!(id = self.id, successor, %miss, "hand-over failed");
+                self.clock.stand_down(false);
+                Ok(None)
+            }
         }
-        Ok(handed)
     }
 
-    /// Asks `successor` to campaign and waits for a new leader; `None` when
-    /// that did not happen by `deadline`.
+    /// Moves leadership to voter `target` (etcd's `MoveLeader`) and keeps
+    /// this member running as a follower; returns once `target` leads, at
+    /// most `within` after the call.
+    ///
+    /// The steps are those of [`RaftNode::hand_over`], with the successor
+    /// chosen by the caller: this member waits out its own leader lease
+    /// (one election timeout after it became leader), waits until `target`
+    /// has the whole log, asks it to campaign (`TimeoutNow`) and grants it
+    /// its vote. This member does not campaign while the transfer runs and
+    /// takes part in elections again once it is over, whether it succeeded
+    /// or not. Moving leadership to the leader itself succeeds at once.
+    ///
+    /// With three voters this member's vote is the quorum, so the move is
+    /// certain once `target` campaigns. With five or more, the other voters
+    /// grant their votes only once their leader lease (one election timeout
+    /// after this member's last heartbeat) has run out, and by then they
+    /// may campaign themselves: the election that follows can make another
+    /// member leader. openraft 0.9 has no lease-bypassing transfer vote
+    /// (etcd's `CampaignTransfer`); call again from the new leader.
+    ///
+    /// Fails with [`MoveLeaderError::NotLeader`] on a member that does not
+    /// lead, [`MoveLeaderError::NotVoter`] when `target` is not a voter (a
+    /// learner or not a member), and [`MoveLeaderError::Timeout`] when
+    /// another member was elected instead, or `target` did not become
+    /// leader within `within` (it may still become leader a little later,
+    /// if its campaign was under way).
+    pub async fn move_leader(
+        &self,
+        target: NodeId,
+        within: Duration,
+    ) -> Result<(), MoveLeaderError> {
+        let deadline = Instant::now() + within;
+        let timeout = |reason: String| MoveLeaderError::Timeout {
+            target,
+            after: within,
+            reason,
+        };
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics.state != openraft::ServerState::Leader {
+            return Err(MoveLeaderError::NotLeader {
+                leader: metrics.current_leader,
+            });
+        }
+        let membership = metrics.membership_config.membership().clone();
+        if !membership.voter_ids().any(|id| id == target) {
+            return Err(MoveLeaderError::NotVoter { target });
+        }
+        if target == self.id {
+            return Ok(());
+        }
+        let Some(addr) = membership.get_node(&target).map(|node| node.addr.clone()) else {
+            return Err(MoveLeaderError::NotVoter { target });
+        };
+        match self.wait_out_lease(deadline).await {
+            LeaseWait::RanOut => {}
+            LeaseWait::Deadline => {
+                return Err(timeout(
+                    "this member's leader lease did not run out in time".into(),
+                ));
+            }
+            LeaseWait::Deposed => {
+                let leader = self.raft.metrics().borrow().current_leader;
+                return if leader == Some(target) {
+                    Ok(())
+                } else {
+                    Err(MoveLeaderError::NotLeader { leader })
+                };
+            }
+        }
+        let metrics = self.raft.metrics().borrow().clone();
+        let term = metrics.current_term;
+        let last = metrics.last_log_index.unwrap_or(0);
+        if self
+            .wait_caught_up(&BTreeSet::from([target]), last, deadline)
+            .await
+            .is_err()
+        {
+            return Err(timeout(format!(
+                "member {target} did not catch up with the log (index {last}) in time"
+            )));
+        }
+        self.clock.stand_down(true);
+        // Campaign again once the transfer is over, even if the caller
+        // drops this future half-way.
+        let _resume = ResumeCampaigning(&self.clock);
+        match self.send_timeout_now(target, &addr, term, deadline).await {
+            Ok(leader) if leader == target => {
+                tracing::info!(id = self.id, target, "leadership moved");
+                Ok(())
+            }
+            Ok(leader) => Err(timeout(format!("member {leader} was elected instead"))),
+            Err(miss) => Err(timeout(miss.to_string())),
+        }
+    }
+
+    /// Waits (until `deadline`) until this leader's own lease has run out:
+    /// one election timeout (plus a margin) after it became leader. Until
+    /// then it would refuse a successor its vote.
+    async fn wait_out_lease(&self, deadline: Instant) -> LeaseWait {
+        let lease = self.leader_change_wait + LEASE_MARGIN;
+        loop {
+            let now = Instant::now();
+            match self.clock.leading_since() {
+                Some(since) if since + lease <= now => return LeaseWait::RanOut,
+                _ if now >= deadline => return LeaseWait::Deadline,
+                Some(since) => tokio::time::sleep_until((since + lease).min(deadline)).await,
+                None => tokio::time::sleep(lease / 8).await,
+            }
+            if self.raft.metrics().borrow().state != openraft::ServerState::Leader {
+                return LeaseWait::Deposed;
+            }
+        }
+    }
+
+    /// Waits (until `deadline`) until one of `candidates` has replicated
+    /// the log up to `last`; the leader's metrics at that moment.
+    async fn wait_caught_up(
+        &self,
+        candidates: &BTreeSet<NodeId>,
+        last: u64,
+        deadline: Instant,
+    ) -> Result<openraft::RaftMetrics<NodeId, BasicNode>, WaitError> {
+        self.raft
+            .wait(Some(deadline.saturating_duration_since(Instant::now())))
+            .metrics(
+                |m| {
+                    m.replication.as_ref().is_some_and(|replication| {
+                        candidates.iter().any(|id| {
+                            replication
+                                .get(id)
+                                .and_then(|matched| matched.as_ref())
+                                .is_some_and(|log_id| log_id.index >= last)
+                        })
+                    })
+                },
+                "a voter has the whole log",
+            )
+            .await
+    }
+
+    /// Asks `successor` to campaign and waits (until `deadline`) until
+    /// another member than this one leads; that leader (usually, but not
+    /// necessarily, `successor`).
     async fn send_timeout_now(
         &self,
         successor: NodeId,
         addr: &str,
         term: u64,
-        ttl: Duration,
         deadline: Instant,
-    ) -> Option<NodeId> {
+    ) -> Result<NodeId, TransferMiss> {
+        let ttl = deadline.saturating_duration_since(Instant::now());
         match self.network.timeout_now(successor, addr, term, ttl).await {
             Ok(true) => {}
-            Ok(false) => {
-                tracing::info!(
-                    id = self.id,
-                    successor,
-                    "hand-over refused by the successor"
-                );
-                return None;
-            }
-            Err(error) => {
-                tracing::info!(id = self.id, successor, %error, "hand-over not delivered");
-                return None;
-            }
+            Ok(false) => return Err(TransferMiss::Refused(successor)),
+            Err(error) => return Err(TransferMiss::Undelivered(successor, error.to_string())),
         }
         let moved = self
             .raft
@@ -860,11 +1128,8 @@ impl RaftNode {
             )
             .await;
         match moved {
-            Ok(m) => m.current_leader,
-            Err(error) => {
-                tracing::info!(id = self.id, successor, %error, "hand-over: no new leader in time");
-                None
-            }
+            Ok(m) => m.current_leader.ok_or(TransferMiss::NoNewLeader(successor)),
+            Err(_) => Err(TransferMiss::NoNewLeader(successor)),
         }
     }
 

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use muster_core::{Command, Response, validate};
 use muster_proto::etcdserverpb as pb;
 use muster_proto::etcdserverpb::kv_server::Kv;
-use muster_raft::{CommandResult, RaftNode};
+use muster_raft::RaftNode;
 use tonic::{Request, Status};
 
 use crate::status::{REQUEST_TOO_LARGE, convert_status, core_status, raft_status};
@@ -78,18 +78,8 @@ impl KvService {
         Ok(())
     }
 
-    /// Proposes `command` and returns the core's response.
     async fn write(&self, command: Command) -> Result<Response, Status> {
-        match self
-            .node
-            .submit(command)
-            .await
-            .map_err(|e| raft_status(&e))?
-        {
-            CommandResult::Applied(response) => Ok(response),
-            CommandResult::Failed(error) => Err(core_status(&error)),
-            CommandResult::Noop => Err(Status::internal("a command was applied as a no-op")),
-        }
+        crate::server::propose(&self.node, command).await
     }
 }
 

@@ -5,6 +5,10 @@
 //!   TcpListener (--listen-client-urls) ──▶ tonic Server
 //!       ├─ etcdserverpb.KV          (kv)
 //!       ├─ etcdserverpb.Watch       (watch)
+//!       ├─ etcdserverpb.Lease       (lease: the lessor runs on the leader)
+//!       ├─ etcdserverpb.Maintenance (maintenance)
+//!       ├─ etcdserverpb.Auth        (auth: unimplemented)
+//!       ├─ grpc.health.v1.Health    (health: SERVING while a leader is known)
 //!       └─ ... further services as they are added
 //! ```
 //!
@@ -19,11 +23,19 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use muster_core::Response;
 use muster_proto::etcdserverpb as pb;
-use muster_raft::RaftNode;
+use muster_raft::{CommandResult, RaftNode};
+use tonic::Status;
+
+use crate::status::{core_status, raft_status};
 use tokio::net::TcpListener;
 
+use crate::auth::AuthService;
+use crate::health::HealthService;
 use crate::kv::{KvService, Limits};
+use crate::lease::{LeaseConfig, LeaseService, Lessor};
+use crate::maintenance::MaintenanceService;
 use crate::watch::{WatchConfig, WatchService};
 
 /// The services of one member's client API.
@@ -33,6 +45,7 @@ pub struct ClientApi {
     cluster_id: u64,
     limits: Limits,
     watch: WatchConfig,
+    lease: LeaseConfig,
     /// Flipped to `true` when [`ClientApi::serve`] is told to stop, so that
     /// long-lived streams (watches) end and the server can drain.
     stopping: Arc<tokio::sync::watch::Sender<bool>>,
@@ -50,8 +63,24 @@ impl ClientApi {
                 max_response_bytes: limits.max_request_bytes,
                 ..WatchConfig::default()
             },
+            lease: LeaseConfig::for_election_timeout(WatchConfig::default().election_timeout),
             stopping: Arc::new(tokio::sync::watch::channel(false).0),
         }
+    }
+
+    /// The same API for a member with election timeout `election_timeout`
+    /// (it sets the minimum lease TTL, a new leader's lease extension and
+    /// how long a `hasleader` watch tolerates no leader).
+    pub fn with_election_timeout(mut self, election_timeout: std::time::Duration) -> Self {
+        self.watch.election_timeout = election_timeout;
+        self.lease = LeaseConfig::for_election_timeout(election_timeout);
+        self
+    }
+
+    /// The same API with the lessor tuned by `lease`.
+    pub fn with_lease_config(mut self, lease: LeaseConfig) -> Self {
+        self.lease = lease;
+        self
     }
 
     /// The same API with the watch service tuned by `watch`.
@@ -60,25 +89,41 @@ impl ClientApi {
         self
     }
 
-    /// The tonic router with every service added.
-    pub fn router(&self) -> tonic::transport::server::Router {
+    /// The tonic router with every service added, leases kept by `lessor`.
+    fn router(&self, lessor: Arc<Lessor>) -> tonic::transport::server::Router {
+        let lease = LeaseService::new(Arc::clone(&self.node), self.cluster_id, lessor)
+            .stopping_on(self.stopping.subscribe());
         let kv = KvService::new(Arc::clone(&self.node), self.cluster_id, self.limits);
         let watch = WatchService::new(Arc::clone(&self.node), self.cluster_id, self.watch)
             .stopping_on(self.stopping.subscribe());
         tonic::transport::Server::builder()
             .add_service(kv.into_server())
             .add_service(watch.into_server())
+            .add_service(lease.into_server())
+            .add_service(
+                MaintenanceService::new(Arc::clone(&self.node), self.cluster_id).into_server(),
+            )
+            .add_service(AuthService::new().into_server())
+            .add_service(
+                HealthService::new(&self.node)
+                    .stopping_on(self.stopping.subscribe())
+                    .into_server(),
+            )
     }
 
-    /// Serves the client API on `listener` until `shutdown` resolves; then
-    /// ends every open stream and returns once in-flight calls are done.
+    /// Serves the client API on `listener`, with this member's lessor
+    /// running, until `shutdown` resolves; then ends every open stream and
+    /// returns once in-flight calls are done and the lessor has stopped.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), tonic::transport::Error> {
         let stopping = Arc::clone(&self.stopping);
-        self.router()
+        let lessor = Lessor::new(Arc::clone(&self.node), self.lease);
+        let lessor_task = tokio::spawn(Arc::clone(&lessor).run(self.stopping.subscribe()));
+        let served = self
+            .router(lessor)
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(listener),
                 async move {
@@ -86,7 +131,11 @@ impl ClientApi {
                     stopping.send_replace(true);
                 },
             )
-            .await
+            .await;
+        // The lessor holds the node: it is gone when this returns.
+        self.stopping.send_replace(true);
+        let _ = lessor_task.await;
+        served
     }
 }
 
@@ -99,5 +148,15 @@ pub fn response_header(node: &RaftNode, cluster_id: u64, revision: i64) -> pb::R
         member_id: node.id(),
         revision,
         raft_term: node.raft().metrics().borrow().current_term,
+    }
+}
+
+/// Proposes `command` through the leader (from any member) and returns the
+/// core's response, or the gRPC status etcd answers for its failure.
+pub async fn propose(node: &RaftNode, command: muster_core::Command) -> Result<Response, Status> {
+    match node.submit(command).await.map_err(|e| raft_status(&e))? {
+        CommandResult::Applied(response) => Ok(response),
+        CommandResult::Failed(error) => Err(core_status(&error)),
+        CommandResult::Noop => Err(Status::internal("a command was applied as a no-op")),
     }
 }

@@ -19,7 +19,6 @@ use muster_server::config::{ClusterState, Member, MemberConfig};
 use muster_server::identity::{self, Identity, Startup};
 use muster_server::kv::Limits;
 use muster_server::server::ClientApi;
-use muster_server::watch::WatchConfig;
 use openraft::BasicNode;
 use tokio::net::TcpListener;
 
@@ -105,10 +104,7 @@ async fn run(member: Member) -> anyhow::Result<()> {
     let leader_log = tokio::spawn(log_leader_changes(node.raft().metrics(), member.id));
     let (stop_clients, clients_stopped) = tokio::sync::oneshot::channel::<()>();
     let api = ClientApi::new(Arc::clone(&node), member.cluster_id, Limits::default())
-        .with_watch_config(WatchConfig {
-            election_timeout: std::time::Duration::from_millis(member.election_timeout_ms),
-            ..WatchConfig::default()
-        });
+        .with_election_timeout(std::time::Duration::from_millis(member.election_timeout_ms));
     let client_api = tokio::spawn(api.serve(client_listener, async {
         let _ = clients_stopped.await;
     }));
