@@ -271,3 +271,91 @@ impl TestCluster {
         }
     }
 }
+
+/// A free loopback port (bound and released; fine for child processes).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Whether `binary` runs (`binary --version`).
+pub fn installed(binary: &str) -> bool {
+    std::process::Command::new(binary)
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok()
+}
+
+/// A real etcd (Debian's `etcd-server`) as a child process on free
+/// loopback ports, with its data in `dir`; killed on drop.
+pub struct RealEtcd {
+    child: std::process::Child,
+    /// Its client URL, `http://127.0.0.1:<port>`.
+    pub endpoint: String,
+}
+
+impl RealEtcd {
+    /// Starts etcd and waits (bounded by [`WAIT`]) until it serves a read.
+    pub async fn start(dir: &std::path::Path) -> RealEtcd {
+        let client = format!("http://127.0.0.1:{}", free_port());
+        let peer = format!("http://127.0.0.1:{}", free_port());
+        let child = std::process::Command::new("etcd")
+            .args(["--name", "e", "--data-dir"])
+            .arg(dir.join("etcd"))
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &format!("e={peer}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn etcd");
+        let etcd = RealEtcd {
+            child,
+            endpoint: client,
+        };
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let attempt = async {
+                let mut client = etcd_client::Client::connect([etcd.endpoint.clone()], None)
+                    .await
+                    .ok()?;
+                client.get("health", None).await.ok()
+            };
+            if tokio::time::timeout(Duration::from_secs(2), attempt)
+                .await
+                .ok()
+                .flatten()
+                .is_some()
+            {
+                return etcd;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etcd did not start within {WAIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for RealEtcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -10,80 +10,9 @@
 //! the end; every command is bounded.
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
 
-use muster_tests::{TestCluster, Timings};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-fn installed(binary: &str) -> bool {
-    Command::new(binary)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok()
-}
-
-/// A real etcd on loopback, killed on drop.
-struct Etcd {
-    child: Child,
-    endpoint: String,
-}
-
-impl Etcd {
-    fn start(dir: &Path) -> Etcd {
-        let client = format!("http://127.0.0.1:{}", free_port());
-        let peer = format!("http://127.0.0.1:{}", free_port());
-        let child = Command::new("etcd")
-            .args(["--name", "e", "--data-dir"])
-            .arg(dir.join("etcd"))
-            .args([
-                "--listen-client-urls",
-                &client,
-                "--advertise-client-urls",
-                &client,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-            ])
-            .args(["--initial-cluster", &format!("e={peer}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn etcd");
-        let etcd = Etcd {
-            child,
-            endpoint: client,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !etcdctl(&etcd.endpoint, &["endpoint", "health"], None)
-            .status
-            .success()
-        {
-            assert!(Instant::now() < deadline, "etcd did not become healthy");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        etcd
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use muster_tests::{RealEtcd, TestCluster, Timings, installed};
 
 /// Runs etcdctl 3.4 against `endpoint`, bounded by coreutils' `timeout`.
 fn etcdctl(endpoint: &str, args: &[&str], stdin: Option<&str>) -> Output {
@@ -274,7 +203,7 @@ async fn etcdctl_prints_the_same_against_muster_as_against_etcd() {
         return;
     }
     let dir = tempfile::tempdir().expect("temp dir");
-    let etcd = Etcd::start(dir.path());
+    let etcd = RealEtcd::start(dir.path()).await;
     let cluster = TestCluster::start_with(
         1,
         Timings {
