@@ -257,8 +257,8 @@ fn spawn_cluster(dir: &Path, size: usize, token: &str) -> Spawned {
 
 /// Reads the members' logs until every member has started and all three
 /// name the same leader in their latest "leader elected" line, bounded:
-/// member ID → index, the leader's ID, and how long after spawning they
-/// agreed.
+/// member ID → index, the leader's ID, and how long after spawning the
+/// first leader was elected (by any member's log).
 ///
 /// Every member of a new cluster bootstraps it and campaigns at once, so a
 /// first leader may be replaced within milliseconds (openraft lets a
@@ -269,10 +269,14 @@ fn first_leader(
 ) -> (std::collections::HashMap<String, usize>, String, Duration) {
     let mut member_of = std::collections::HashMap::new();
     let mut latest: std::collections::HashMap<usize, String> = std::collections::HashMap::new();
+    let mut first_elected = None;
     loop {
         let agreed = latest.len() == 3 && latest.values().all(|l| Some(l) == latest.get(&0));
-        if member_of.len() == 3 && agreed {
-            return (member_of, latest[&0].clone(), spawned_at.elapsed());
+        if member_of.len() == 3
+            && agreed
+            && let Some(elected) = first_elected
+        {
+            return (member_of, latest[&0].clone(), elected);
         }
         let (i, line) = log
             .recv_timeout(START_TIMEOUT)
@@ -287,6 +291,7 @@ fn first_leader(
         if line.contains("leader elected")
             && let Some(leader) = field(&line, "leader")
         {
+            first_elected.get_or_insert_with(|| spawned_at.elapsed());
             latest.insert(i, leader.to_string());
         }
     }

@@ -86,9 +86,7 @@ async fn run(member: Member) -> anyhow::Result<()> {
                 )
             })
             .collect();
-        node.initialize(members)
-            .await
-            .context("bootstrapping the cluster")?;
+        bootstrap(&node, members, member.election_timeout_ms).await?;
     }
     tracing::info!(
         name = %member.name,
@@ -130,6 +128,40 @@ async fn run(member: Member) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     node.shutdown().await.context("shutting down")?;
     Ok(())
+}
+
+/// Bootstraps a new cluster of `members` from this fresh member.
+///
+/// Every member of a new cluster may bootstrap it, and bootstrapping starts
+/// a campaign at once; if all do so together they duel for the first term
+/// and the cluster can take seconds to settle. So the member with the
+/// lowest ID bootstraps at once, and the others only if they have heard of
+/// no cluster within two election timeouts (the lowest is down or slow).
+/// Bootstrapping a member that already received the cluster's log does
+/// nothing.
+async fn bootstrap(
+    node: &RaftNode,
+    members: BTreeMap<u64, BasicNode>,
+    election_timeout_ms: u64,
+) -> anyhow::Result<()> {
+    let first = members.keys().next().copied();
+    if first != Some(node.id()) {
+        let wait = std::time::Duration::from_millis(election_timeout_ms.saturating_mul(2));
+        let joined = node
+            .raft()
+            .wait(Some(wait))
+            .metrics(
+                |m| m.current_leader.is_some() || m.last_log_index.is_some(),
+                "the cluster was bootstrapped by another member",
+            )
+            .await;
+        if joined.is_ok() {
+            return Ok(());
+        }
+    }
+    node.initialize(members)
+        .await
+        .context("bootstrapping the cluster")
 }
 
 /// Logs every change of leader or term this member observes, so operators
