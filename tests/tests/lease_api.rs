@@ -41,12 +41,15 @@ async fn leased_key_watched(
     ttl: i64,
 ) -> (i64, etcd_client::WatchStream) {
     let lease = client.lease_grant(ttl, None).await.expect("grant");
-    client
+    let put = client
         .put(key, "up", Some(PutOptions::new().with_lease(lease.id())))
         .await
         .expect("put");
+    // From the revision after the put: a follower's watch may start
+    // before it has applied the put.
+    let after = put.header().expect("header").revision() + 1;
     let mut stream = watcher
-        .watch(key, Some(WatchOptions::new()))
+        .watch(key, Some(WatchOptions::new().with_start_revision(after)))
         .await
         .expect("watch");
     tokio::time::timeout(WAIT, stream.message())
