@@ -231,13 +231,17 @@ async fn apply(
             } else {
                 (current - back).max(1)
             };
+            // Sorting by anything but the key leaves the order of ties to
+            // etcd's unstable sort (muster keeps them in key order, see the
+            // README): compare such ranges whole, with ties in key order.
+            let by_value = sort.1 != 0;
             outcome(
                 client
                     .range(pb::RangeRequest {
                         key,
                         range_end,
                         revision,
-                        limit: *limit,
+                        limit: if by_value { 0 } else { *limit },
                         sort_order: sort.0,
                         sort_target: sort.1,
                         keys_only: *keys_only,
@@ -245,7 +249,12 @@ async fn apply(
                         ..Default::default()
                     })
                     .await,
-                |r| clear_header(&mut r.header),
+                |r| {
+                    clear_header(&mut r.header);
+                    if by_value {
+                        order_ties_by_key(&mut r.kvs, sort.0 == 2, sort.1);
+                    }
+                },
             )
         }
         Op::Delete { range, prev_kv } => {
@@ -302,6 +311,25 @@ async fn apply(
             |r| clear_header(&mut r.header),
         ),
     }
+}
+
+/// Re-sorts `kvs` by the sort target (descending if asked), ties in key
+/// order.
+fn order_ties_by_key(kvs: &mut [muster_proto::mvccpb::KeyValue], descending: bool, target: i32) {
+    kvs.sort_by(|a, b| {
+        let by_target = match target {
+            1 => a.version.cmp(&b.version),
+            2 => a.create_revision.cmp(&b.create_revision),
+            3 => a.mod_revision.cmp(&b.mod_revision),
+            _ => a.value.cmp(&b.value),
+        };
+        let by_target = if descending {
+            by_target.reverse()
+        } else {
+            by_target
+        };
+        by_target.then_with(|| a.key.cmp(&b.key))
+    });
 }
 
 async fn current_revision(client: &mut pb::kv_client::KvClient<Channel>) -> i64 {
