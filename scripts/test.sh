@@ -4,6 +4,8 @@
 # Installs the Debian packages the tests need when they are missing:
 #   protobuf-compiler  protoc, for the etcd-client crate's build script
 #                      (muster's own crates compile protos with protox)
+#   libprotobuf-dev    the well-known .proto files that build script
+#                      imports (only recommended by protobuf-compiler)
 #   etcd-server        a real etcd, for side-by-side and differential tests
 #   etcd-client        etcdctl, for command-line compatibility tests
 # then runs every test of the workspace (unit, golden, property, interop).
@@ -12,6 +14,7 @@ cd "$(dirname "$0")/.."
 
 missing=()
 command -v protoc >/dev/null || missing+=(protobuf-compiler)
+[ -e /usr/include/google/protobuf/descriptor.proto ] || missing+=(libprotobuf-dev)
 command -v etcd >/dev/null || missing+=(etcd-server)
 command -v etcdctl >/dev/null || missing+=(etcd-client)
 if ((${#missing[@]})); then

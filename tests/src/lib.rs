@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use muster_raft::{NodeId, RaftNode, RaftNodeConfig};
+use muster_server::cluster::MemberAttributes;
 use muster_server::kv::Limits;
 use muster_server::server::ClientApi;
 use openraft::{BasicNode, ServerState};
@@ -58,6 +59,8 @@ struct Running {
 
 /// A member's fixed parts, which outlive a restart.
 struct Slot {
+    /// `m1`, `m2`, ...: the name it publishes.
+    name: String,
     config: RaftNodeConfig,
     peer_addr: SocketAddr,
     client_addr: SocketAddr,
@@ -70,9 +73,11 @@ pub type Configure = fn(ClientApi) -> ClientApi;
 
 /// An in-process muster cluster serving the etcd v3 API on loopback.
 pub struct TestCluster {
-    _dir: TempDir,
+    dir: TempDir,
     slots: Vec<Slot>,
     configure: Configure,
+    /// Listeners bound by [`TestCluster::prepare_member`], not yet started.
+    prepared: Option<(TcpListener, TcpListener)>,
 }
 
 async fn bind(addr: SocketAddr) -> TcpListener {
@@ -120,7 +125,9 @@ impl TestCluster {
             );
             config.heartbeat_ms = timings.heartbeat_ms;
             config.election_timeout_ms = timings.election_timeout_ms;
+            config.cluster_id = CLUSTER_ID;
             slots.push(Slot {
+                name: format!("m{}", i + 1),
                 config,
                 peer_addr: peer.local_addr().expect("peer addr"),
                 client_addr: client.local_addr().expect("client addr"),
@@ -130,9 +137,10 @@ impl TestCluster {
             client_listeners.push(client);
         }
         let mut cluster = TestCluster {
-            _dir: dir,
+            dir,
             slots,
             configure,
+            prepared: None,
         };
         for (i, (peer, client)) in peer_listeners.into_iter().zip(client_listeners).enumerate() {
             cluster.run(i, peer, client).await;
@@ -148,7 +156,84 @@ impl TestCluster {
             .await
             .expect("initialize");
         cluster.wait_leader().await;
+        cluster.wait_published().await;
         cluster
+    }
+
+    /// Waits until every running member's name is in the member table of
+    /// every running member (each publishes its name and URLs once it
+    /// serves).
+    pub async fn wait_published(&self) {
+        let deadline = Instant::now() + WAIT;
+        let running: Vec<&Running> = self
+            .slots
+            .iter()
+            .filter_map(|s| s.running.as_ref())
+            .collect();
+        loop {
+            let published = running.iter().all(|viewer| {
+                let store = viewer.node.state_machine().store();
+                self.slots
+                    .iter()
+                    .filter(|slot| slot.running.is_some())
+                    .all(|slot| {
+                        store
+                            .member(slot.config.id)
+                            .is_some_and(|m| m.name == slot.name)
+                    })
+            });
+            if published {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "members did not publish their attributes within {WAIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Binds the ports of a member about to be added to the cluster and
+    /// answers its peer URL, for `MemberAdd`; start it with
+    /// [`TestCluster::start_prepared`].
+    pub async fn prepare_member(&mut self) -> String {
+        let peer = TcpListener::bind("127.0.0.1:0").await.expect("bind peer");
+        let client = TcpListener::bind("127.0.0.1:0").await.expect("bind client");
+        let url = format!("http://{}", peer.local_addr().expect("peer addr"));
+        self.prepared = Some((peer, client));
+        url
+    }
+
+    /// Starts the prepared member as `id` (the ID `MemberAdd` answered),
+    /// on an empty data directory and without bootstrapping: it receives
+    /// the cluster's log from the leader. Answers its index.
+    pub async fn start_prepared(&mut self, id: NodeId) -> usize {
+        let (peer, client) = self.prepared.take().expect("a prepared member");
+        let template = &self.slots[0].config;
+        let mut config = RaftNodeConfig::new(id, self.dir.path().join(format!("member-{id:x}")));
+        config.heartbeat_ms = template.heartbeat_ms;
+        config.election_timeout_ms = template.election_timeout_ms;
+        config.cluster_id = CLUSTER_ID;
+        let i = self.slots.len();
+        self.slots.push(Slot {
+            name: format!("m{}", i + 1),
+            config,
+            peer_addr: peer.local_addr().expect("peer addr"),
+            client_addr: client.local_addr().expect("client addr"),
+            running: None,
+        });
+        self.run(i, peer, client).await;
+        i
+    }
+
+    /// Member `i`'s name (`m1`, `m2`, ...).
+    pub fn name(&self, i: usize) -> &str {
+        &self.slots[i].name
+    }
+
+    /// Member `i`'s peer URL, `http://127.0.0.1:<port>`.
+    pub fn peer_url(&self, i: usize) -> String {
+        format!("http://{}", self.slots[i].peer_addr)
     }
 
     async fn run(&mut self, i: usize, peer: TcpListener, client: TcpListener) {
@@ -159,9 +244,15 @@ impl TestCluster {
                 .expect("start member"),
         );
         let (stop_clients, stopped) = oneshot::channel::<()>();
+        let attributes = MemberAttributes {
+            name: slot.name.clone(),
+            peer_urls: vec![format!("http://{}", slot.peer_addr)],
+            client_urls: vec![format!("http://{}", slot.client_addr)],
+        };
         let api = (self.configure)(
             ClientApi::new(Arc::clone(&node), CLUSTER_ID, Limits::default())
-                .with_election_timeout(Duration::from_millis(slot.config.election_timeout_ms)),
+                .with_election_timeout(Duration::from_millis(slot.config.election_timeout_ms))
+                .with_member_attributes(attributes),
         );
         let clients = tokio::spawn(api.serve(client, async {
             let _ = stopped.await;
@@ -262,6 +353,15 @@ impl TestCluster {
         self.run(i, peer, client).await;
     }
 
+    /// Restarts stopped member `i` on its data directory with its peer
+    /// service on `peer` (a new address, after `MemberUpdate`).
+    pub async fn restart_with_peer(&mut self, i: usize, peer: TcpListener) {
+        assert!(self.slots[i].running.is_none(), "member {i} is running");
+        self.slots[i].peer_addr = peer.local_addr().expect("peer addr");
+        let client = bind(self.slots[i].client_addr).await;
+        self.run(i, peer, client).await;
+    }
+
     /// Stops every running member.
     pub async fn shutdown(mut self) {
         for i in 0..self.size() {
@@ -297,15 +397,26 @@ pub struct RealEtcd {
     child: std::process::Child,
     /// Its client URL, `http://127.0.0.1:<port>`.
     pub endpoint: String,
+    /// Its peer URL, `http://127.0.0.1:<port>`.
+    pub peer_url: String,
 }
 
 impl RealEtcd {
     /// Starts etcd and waits (bounded by [`WAIT`]) until it serves a read.
     pub async fn start(dir: &std::path::Path) -> RealEtcd {
+        Self::start_with_flags(dir, &[]).await
+    }
+
+    /// Starts etcd with `flags` added to its command line (for example
+    /// `--quota-backend-bytes`) and waits (bounded by [`WAIT`]) until it
+    /// serves a read.
+    pub async fn start_with_flags(dir: &std::path::Path, flags: &[&str]) -> RealEtcd {
         let client = format!("http://127.0.0.1:{}", free_port());
         let peer = format!("http://127.0.0.1:{}", free_port());
         let child = std::process::Command::new("etcd")
-            .args(["--name", "e", "--data-dir"])
+            // Named as a test cluster's first member, so member lists of
+            // the two compare equal.
+            .args(["--name", "m1", "--data-dir"])
             .arg(dir.join("etcd"))
             .args([
                 "--listen-client-urls",
@@ -319,7 +430,8 @@ impl RealEtcd {
                 "--initial-advertise-peer-urls",
                 &peer,
             ])
-            .args(["--initial-cluster", &format!("e={peer}")])
+            .args(["--initial-cluster", &format!("m1={peer}")])
+            .args(flags)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -327,6 +439,7 @@ impl RealEtcd {
         let etcd = RealEtcd {
             child,
             endpoint: client,
+            peer_url: peer,
         };
         let deadline = Instant::now() + WAIT;
         loop {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use etcd_client::{Client, Error as ClientError};
 use muster_core::{RangeRequest, Store};
 use muster_proto::etcdserverpb as pb;
-use muster_tests::{CLUSTER_ID, TestCluster, WAIT};
+use muster_tests::{CLUSTER_ID, TestCluster, Timings, WAIT};
 use openraft::ServerState;
 use sha2::{Digest, Sha256};
 use tonic::Code;
@@ -370,29 +370,9 @@ async fn defragment_takes_a_snapshot() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn alarm_list_is_empty_and_downgrade_is_unimplemented() {
+async fn downgrade_is_unimplemented() {
     let cluster = TestCluster::start(1).await;
-    let mut client = cluster.client(0).await;
-    let alarms = client
-        .alarm(
-            etcd_client::AlarmAction::Get,
-            etcd_client::AlarmType::None,
-            None,
-        )
-        .await
-        .expect("alarm list");
-    assert!(alarms.alarms().is_empty());
-    let (code, _) = status_of(
-        client
-            .alarm(
-                etcd_client::AlarmAction::Activate,
-                etcd_client::AlarmType::Nospace,
-                None,
-            )
-            .await
-            .expect_err("not yet"),
-    );
-    assert_eq!(code, Code::Unimplemented);
+    let client = cluster.client(0).await;
     let (code, message) = status_of(
         client
             .maintenance_client()
@@ -402,6 +382,280 @@ async fn alarm_list_is_empty_and_downgrade_is_unimplemented() {
     );
     assert_eq!(code, Code::Unimplemented);
     assert!(message.contains("downgrade"), "{message}");
+    cluster.shutdown().await;
+}
+
+/// etcd's answer to a write that would outgrow the quota or is made while
+/// NOSPACE is raised.
+const NO_SPACE: &str = "etcdserver: mvcc: database space exceeded";
+
+/// The space quota of the NOSPACE tests: eight 8 KiB values do not fit.
+const SMALL_QUOTA: u64 = 64 * 1024;
+
+/// Asserts that `result` is etcd's NOSPACE refusal.
+fn assert_no_space<T: std::fmt::Debug>(result: Result<T, ClientError>, what: &str) {
+    let (code, message) = status_of(result.expect_err(what));
+    assert_eq!(
+        (code, message.as_str()),
+        (Code::ResourceExhausted, NO_SPACE),
+        "{what}"
+    );
+}
+
+/// The alarms member `i` lists, as (member ID, alarm type) pairs.
+async fn alarms_on(cluster: &TestCluster, i: usize) -> Vec<(u64, etcd_client::AlarmType)> {
+    cluster
+        .client(i)
+        .await
+        .alarm(
+            etcd_client::AlarmAction::Get,
+            etcd_client::AlarmType::None,
+            None,
+        )
+        .await
+        .expect("alarm list")
+        .alarms()
+        .iter()
+        .map(|a| (a.member_id(), a.alarm()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nospace_alarm_refuses_writes_until_compaction_and_disarm() {
+    let cluster =
+        TestCluster::start_configured(3, Timings::FAST, |api| api.with_quota(Some(SMALL_QUOTA)))
+            .await;
+    let leader = cluster.wait_leader().await;
+    let follower = cluster.follower().await;
+    let leader_id = cluster.member_id(leader);
+    let mut client = cluster.client(leader).await;
+    for i in 0..cluster.size() {
+        assert!(alarms_on(&cluster, i).await.is_empty(), "member {i}");
+    }
+
+    // ~8 KiB per put: the quota is reached within a bounded number of puts.
+    let value = vec![b'v'; 8 * 1024];
+    let mut written = 0;
+    let refused = loop {
+        assert!(written < 16, "64 KiB took more than 16 puts of 8 KiB");
+        match client
+            .put(format!("big/{written:02}"), value.clone(), None)
+            .await
+        {
+            Ok(_) => written += 1,
+            Err(error) => break error,
+        }
+    };
+    assert!(written >= 6, "refused after {written} puts");
+    let (code, message) = status_of(refused);
+    assert_eq!(
+        (code, message.as_str()),
+        (Code::ResourceExhausted, NO_SPACE)
+    );
+
+    // The member that refused raised NOSPACE through Raft: every member
+    // lists it (after its read barrier) and reports it in Status.
+    let nospace = (leader_id, etcd_client::AlarmType::Nospace);
+    let status_error = format!("memberID:{leader_id} alarm:NOSPACE ");
+    for i in 0..cluster.size() {
+        assert_eq!(alarms_on(&cluster, i).await, vec![nospace], "member {i}");
+        let status = cluster.client(i).await.status().await.expect("status");
+        assert_eq!(
+            status.errors(),
+            std::slice::from_ref(&status_error),
+            "member {i}"
+        );
+    }
+
+    // Everything that adds data is refused, on a follower too, however
+    // small; reads, deletes and compactions go through.
+    let mut on_follower = cluster.client(follower).await;
+    assert_no_space(
+        on_follower.put("small", "x", None).await,
+        "put via follower",
+    );
+    assert_no_space(client.put("small", "x", None).await, "put via leader");
+    let txn_put = etcd_client::Txn::new().and_then([etcd_client::TxnOp::put("small", "x", None)]);
+    assert_no_space(on_follower.txn(txn_put).await, "txn with a put");
+    assert_no_space(on_follower.lease_grant(60, None).await, "lease grant");
+    let listed = on_follower
+        .get(
+            "big/",
+            Some(
+                etcd_client::GetOptions::new()
+                    .with_prefix()
+                    .with_keys_only(),
+            ),
+        )
+        .await
+        .expect("reads are served");
+    assert_eq!(listed.count(), written);
+    let txn_delete = etcd_client::Txn::new().and_then([etcd_client::TxnOp::delete("big/00", None)]);
+    on_follower
+        .txn(txn_delete)
+        .await
+        .expect("a txn that only deletes");
+    let deleted = on_follower
+        .delete(
+            "big/",
+            Some(etcd_client::DeleteOptions::new().with_prefix()),
+        )
+        .await
+        .expect("delete while alarmed");
+    assert_eq!(deleted.deleted(), written - 1);
+    let revision = deleted.header().expect("header").revision();
+    on_follower
+        .compact(revision, None)
+        .await
+        .expect("compaction while alarmed");
+    // Space is free now, but the alarm still stands until it is cleared.
+    assert_no_space(client.put("small", "x", None).await, "put before disarm");
+
+    let mut disarm = etcd_client::AlarmOptions::new();
+    disarm.with_member(leader_id);
+    let disarmed = on_follower
+        .alarm(
+            etcd_client::AlarmAction::Deactivate,
+            etcd_client::AlarmType::Nospace,
+            Some(disarm),
+        )
+        .await
+        .expect("disarm");
+    let disarmed: Vec<_> = disarmed
+        .alarms()
+        .iter()
+        .map(|a| (a.member_id(), a.alarm()))
+        .collect();
+    assert_eq!(disarmed, vec![nospace]);
+    for i in 0..cluster.size() {
+        assert!(alarms_on(&cluster, i).await.is_empty(), "member {i}");
+        let status = cluster.client(i).await.status().await.expect("status");
+        assert!(
+            status.errors().is_empty(),
+            "member {i}: {:?}",
+            status.errors()
+        );
+    }
+    on_follower
+        .put("small", "x", None)
+        .await
+        .expect("put after compaction and disarm");
+    client
+        .lease_grant(60, None)
+        .await
+        .expect("grant after disarm");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alarm_rpc_activates_and_deactivates_like_etcd() {
+    use etcd_client::{AlarmAction, AlarmOptions, AlarmType};
+    let cluster = TestCluster::start(3).await;
+    let follower = cluster.follower().await;
+    let mut client = cluster.client(follower).await;
+    let target = cluster.member_id(follower);
+    let for_target = || {
+        let mut options = AlarmOptions::new();
+        options.with_member(target);
+        Some(options)
+    };
+    let pairs = |response: etcd_client::AlarmResponse| -> Vec<(u64, AlarmType)> {
+        response
+            .alarms()
+            .iter()
+            .map(|a| (a.member_id(), a.alarm()))
+            .collect()
+    };
+    let nospace = (target, AlarmType::Nospace);
+
+    // Raising answers the alarm, also when it is raised already (etcd's
+    // alarm store hands back the existing one).
+    for attempt in 0..2 {
+        let raised = client
+            .alarm(AlarmAction::Activate, AlarmType::Nospace, for_target())
+            .await
+            .expect("activate");
+        assert_eq!(
+            raised.header().expect("header").member_id(),
+            cluster.member_id(follower)
+        );
+        assert_eq!(pairs(raised), vec![nospace], "attempt {attempt}");
+    }
+    // Activating NONE does nothing, as etcd 3.5.
+    let none = client
+        .alarm(AlarmAction::Activate, AlarmType::None, for_target())
+        .await
+        .expect("activate NONE");
+    assert!(none.alarms().is_empty());
+
+    // GET filters by type, never by member.
+    let all = client
+        .alarm(AlarmAction::Get, AlarmType::None, for_target())
+        .await
+        .expect("get");
+    assert_eq!(pairs(all), vec![nospace]);
+    let of_type = client
+        .alarm(AlarmAction::Get, AlarmType::Nospace, None)
+        .await
+        .expect("get NOSPACE of any member");
+    assert_eq!(pairs(of_type), vec![nospace]);
+    let other_type = client
+        .alarm(AlarmAction::Get, AlarmType::Corrupt, for_target())
+        .await
+        .expect("get CORRUPT");
+    assert!(other_type.alarms().is_empty());
+
+    // A raised NOSPACE refuses writes that add data, whatever the quota.
+    assert_no_space(client.put("k", "v", None).await, "put while raised");
+    let leader = cluster.wait_leader().await;
+    let status = cluster.client(leader).await.status().await.expect("status");
+    assert_eq!(
+        status.errors(),
+        [format!("memberID:{target} alarm:NOSPACE ")]
+    );
+
+    // Clearing answers what was cleared: nothing for an alarm not raised.
+    let corrupt = client
+        .alarm(AlarmAction::Deactivate, AlarmType::Corrupt, for_target())
+        .await
+        .expect("deactivate CORRUPT");
+    assert!(corrupt.alarms().is_empty());
+    let cleared = client
+        .alarm(AlarmAction::Deactivate, AlarmType::Nospace, for_target())
+        .await
+        .expect("deactivate");
+    assert_eq!(pairs(cleared), vec![nospace]);
+    let again = client
+        .alarm(AlarmAction::Deactivate, AlarmType::Nospace, for_target())
+        .await
+        .expect("deactivate again");
+    assert!(again.alarms().is_empty());
+    client
+        .put("k", "v", None)
+        .await
+        .expect("put after clearing");
+
+    // Values etcd's enums do not have are refused, not guessed at.
+    let channel = tonic::transport::Channel::from_shared(cluster.endpoint(follower))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let mut maintenance = pb::maintenance_client::MaintenanceClient::new(channel);
+    for (action, alarm) in [(1, 9), (7, 1)] {
+        let status = maintenance
+            .alarm(pb::AlarmRequest {
+                action,
+                member_id: target,
+                alarm,
+            })
+            .await
+            .expect_err("unknown enum value");
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    }
+    for i in 0..cluster.size() {
+        assert!(alarms_on(&cluster, i).await.is_empty(), "member {i}");
+    }
     cluster.shutdown().await;
 }
 

@@ -18,6 +18,7 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::cluster::{AlarmMember, AlarmType};
 use crate::kv::KeyValue;
 
 /// Order of the keys a range returns.
@@ -281,6 +282,39 @@ pub enum Command {
         /// The checkpoints; unknown leases are skipped.
         checkpoints: Vec<LeaseCheckpoint>,
     },
+    /// Record a member's peer URLs (it was added, or they were updated).
+    MemberPeerUrls {
+        /// The member.
+        id: u64,
+        /// Its peer URLs, sorted.
+        peer_urls: Vec<String>,
+    },
+    /// What a member publishes about itself when it starts. The peer URLs
+    /// are recorded only if the cluster knows none for it yet.
+    MemberPublish {
+        /// The member.
+        id: u64,
+        /// Its name.
+        name: String,
+        /// Its client URLs, sorted.
+        client_urls: Vec<String>,
+        /// Its advertised peer URLs, sorted.
+        peer_urls: Vec<String>,
+    },
+    /// Forget a member that left the cluster, with its alarms.
+    MemberForget {
+        /// The member.
+        id: u64,
+    },
+    /// Raise or clear an alarm.
+    Alarm {
+        /// True to raise, false to clear.
+        activate: bool,
+        /// Which member's alarm.
+        member_id: u64,
+        /// Which alarm.
+        alarm: AlarmType,
+    },
 }
 
 /// The answer to a [`Command`].
@@ -317,6 +351,19 @@ pub enum Response {
         /// The current revision.
         revision: i64,
     },
+    /// Answer to the member commands.
+    Member {
+        /// The current revision.
+        revision: i64,
+    },
+    /// Answer to [`Command::Alarm`].
+    Alarm {
+        /// The current revision.
+        revision: i64,
+        /// The alarm raised or cleared; empty when it already was (raised)
+        /// or was not (cleared).
+        changed: Vec<AlarmMember>,
+    },
 }
 
 impl Response {
@@ -329,7 +376,9 @@ impl Response {
             Response::Compact { revision }
             | Response::LeaseGrant { revision, .. }
             | Response::LeaseRevoke { revision }
-            | Response::LeaseCheckpoint { revision } => *revision,
+            | Response::LeaseCheckpoint { revision }
+            | Response::Member { revision }
+            | Response::Alarm { revision, .. } => *revision,
         }
     }
 }

@@ -48,6 +48,9 @@ pub enum Error {
     /// A range names a sort order or sort target that does not exist.
     #[error("etcdserver: invalid sort option")]
     InvalidSortOption,
+    /// A write that adds data while the NOSPACE alarm is raised.
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
     /// A snapshot could not be decoded: wrong magic, version or checksum,
     /// truncated, or internally inconsistent. The text says which.
     #[error("corrupt snapshot: {0}")]

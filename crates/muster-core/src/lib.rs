@@ -20,6 +20,7 @@
 //! range options, txn compares and header revisions behave as etcd's do.
 //! Module docs state each part's invariants.
 
+mod cluster;
 mod command;
 mod error;
 mod key;
@@ -31,6 +32,7 @@ mod snapshot;
 mod store;
 pub mod validate;
 
+pub use cluster::{AlarmMember, AlarmType, MemberInfo};
 pub use command::{
     Command, Compare, CompareResult, CompareTarget, DeleteRangeRequest, DeleteRangeResponse,
     LeaseCheckpoint, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, Response,

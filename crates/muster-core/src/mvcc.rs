@@ -84,6 +84,12 @@ impl Version {
         }
     }
 
+    /// Bytes this version takes in a snapshot: five revisions, a tag, and
+    /// a length-prefixed value when live (see [`KeySpace::bytes`]).
+    pub(crate) fn encoded_len(&self) -> u64 {
+        41 + self.value.as_ref().map_or(0, |v| 4 + v.len() as u64)
+    }
+
     /// Whether this version holds a value (is not a tombstone).
     pub(crate) fn is_live(&self) -> bool {
         self.value.is_some()
@@ -169,6 +175,9 @@ pub(crate) struct KeySpace {
     current: i64,
     /// The compaction point; -1 until the first compaction (as etcd).
     compacted: i64,
+    /// The snapshot-encoded size of `index`, kept up to date by every
+    /// change (see [`KeySpace::bytes`]).
+    bytes: u64,
 }
 
 impl Default for KeySpace {
@@ -178,8 +187,15 @@ impl Default for KeySpace {
             log: Vector::new(),
             current: 1,
             compacted: -1,
+            bytes: 0,
         }
     }
+}
+
+/// Bytes a key takes in a snapshot besides its versions: its
+/// length-prefixed bytes and the count of its versions.
+fn key_encoded_len(key: &[u8]) -> u64 {
+    8 + key.len() as u64
 }
 
 impl KeySpace {
@@ -191,7 +207,10 @@ impl KeySpace {
         compacted: i64,
     ) -> Self {
         let mut entries: Vec<(Revision, StoredKey)> = Vec::new();
+        let mut bytes = 0;
         for (key, history) in &index {
+            bytes += key_encoded_len(key.as_slice())
+                + history.iter().map(Version::encoded_len).sum::<u64>();
             for version in history.iter().filter(|v| v.revision.main >= compacted) {
                 entries.push((version.revision, key.clone()));
             }
@@ -202,7 +221,15 @@ impl KeySpace {
             log: entries.into_iter().collect(),
             current,
             compacted,
+            bytes,
         }
+    }
+
+    /// The bytes the retained history takes in a snapshot: every key and
+    /// every version of it. It grows with each write and shrinks only
+    /// with compaction; the quota is checked against it.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes
     }
 
     /// The current main revision.
@@ -285,6 +312,7 @@ impl KeySpace {
         if let Some((stored, history)) = self.index.get_key_value_mut(&key[..]) {
             let (version, made) = make(stored, history.last().filter(|v| v.is_live()));
             debug_assert!(version.revision.main > self.current);
+            self.bytes += version.encoded_len();
             self.log.push_back((version.revision, stored.clone()));
             let versions = Arc::make_mut(history);
             // Most keys hold one or two versions between compactions: grow
@@ -298,6 +326,7 @@ impl KeySpace {
         let key = StoredKey::new(key);
         let (version, made) = make(&key, None);
         debug_assert!(version.revision.main > self.current);
+        self.bytes += key_encoded_len(key.as_slice()) + version.encoded_len();
         self.log.push_back((version.revision, key.clone()));
         self.index.insert(key, Arc::new(vec![version]));
         made
@@ -514,8 +543,10 @@ impl KeySpace {
             return;
         }
         let versions = Arc::make_mut(history);
-        versions.drain(..drop);
+        let freed: u64 = versions.drain(..drop).map(|v| v.encoded_len()).sum();
+        self.bytes -= freed;
         if versions.is_empty() {
+            self.bytes -= key_encoded_len(key.as_slice());
             self.index.remove(key.as_slice());
         } else if versions.capacity() > 2 * versions.len() {
             versions.shrink_to_fit();
@@ -613,6 +644,7 @@ mod tests {
         assert_eq!(actual, expected);
         let rebuilt = KeySpace::from_parts(space.index.clone(), space.current, space.compacted);
         assert_eq!(rebuilt.log, space.log);
+        assert_eq!(rebuilt.bytes, space.bytes, "incremental size drifted");
     }
 
     #[test]

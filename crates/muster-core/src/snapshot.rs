@@ -3,7 +3,7 @@
 //! Layout (integers little-endian):
 //!
 //! ```text
-//!   "MUSTRSNP"  u32 format=1
+//!   "MUSTRSNP"  u32 format=2
 //!   i64 revision  i64 compact_revision
 //!   u64 keys,   per key (key order):    u32 len, key bytes,
 //!                                       u32 versions, per version:
@@ -11,7 +11,17 @@
 //!                                         i64 version, i64 lease,
 //!                                         u8 live, [u32 len, value bytes]
 //!   u64 leases, per lease (ID order):   i64 id, i64 ttl, i64 remaining_ttl
+//!   u64 members, per member (ID order): u64 id, [u32 len, name],
+//!                                       u32 n, n × [u32 len, peer URL],
+//!                                       u32 n, n × [u32 len, client URL]
+//!   u64 alarms, per alarm (order):      u64 member id, i32 alarm type
 //!   u32 crc32c of every byte before it
+//! ```
+//!
+//! Format 1 (before member attributes and alarms were replicated) is the
+//! same without the members and alarms sections; it is still read.
+//!
+//! ```text
 //! ```
 //!
 //! Only what cannot be derived is stored: the revision log and the leases'
@@ -30,6 +40,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use imbl::OrdMap;
 
+use crate::cluster::{AlarmMember, AlarmType, ClusterTable, MemberInfo};
 use crate::error::{Error, Result};
 use crate::key::StoredKey;
 use crate::lease::LeaseTable;
@@ -38,7 +49,11 @@ use crate::revision::Revision;
 use crate::store::Store;
 
 const MAGIC: &[u8; 8] = b"MUSTRSNP";
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
+/// The format without members and alarms, still restored.
+const FORMAT_WITHOUT_CLUSTER: u32 = 1;
+/// Most URLs one member may list; guards allocations on restore.
+const MAX_URLS: u32 = 1024;
 /// Largest key or value a snapshot may hold; guards allocations on restore.
 const MAX_ITEM: u32 = 256 << 20;
 
@@ -59,6 +74,14 @@ impl<W: Write> Checksummed<W> {
     fn put_len(&mut self, n: usize) -> io::Result<()> {
         let n = u32::try_from(n).map_err(|_| io::Error::other("item too large for a snapshot"))?;
         self.put(&n.to_le_bytes())
+    }
+    fn put_str(&mut self, s: &str) -> io::Result<()> {
+        self.put_len(s.len())?;
+        self.put(s.as_bytes())
+    }
+    fn put_strs(&mut self, strs: &[String]) -> io::Result<()> {
+        self.put_len(strs.len())?;
+        strs.iter().try_for_each(|s| self.put_str(s))
     }
 }
 
@@ -101,6 +124,16 @@ impl<R: Read> Verified<R> {
         }
         self.crc = crc32c::crc32c_append(self.crc, &buf);
         Ok(Bytes::from(buf))
+    }
+    fn string(&mut self) -> Result<String> {
+        String::from_utf8(self.bytes()?.to_vec()).map_err(|_| corrupt("a name or URL is not UTF-8"))
+    }
+    fn strings(&mut self) -> Result<Vec<String>> {
+        let count = self.u32()?;
+        if count > MAX_URLS {
+            return Err(corrupt(format!("{count} URLs exceed the limit")));
+        }
+        (0..count).map(|_| self.string()).collect()
     }
 }
 
@@ -157,6 +190,18 @@ impl Store {
                 w.put_i64(n)?;
             }
         }
+        w.put(&(self.cluster.members.len() as u64).to_le_bytes())?;
+        for (id, member) in &self.cluster.members {
+            w.put(&id.to_le_bytes())?;
+            w.put_str(&member.name)?;
+            w.put_strs(&member.peer_urls)?;
+            w.put_strs(&member.client_urls)?;
+        }
+        w.put(&(self.cluster.alarms.len() as u64).to_le_bytes())?;
+        for alarm in &self.cluster.alarms {
+            w.put(&alarm.member_id.to_le_bytes())?;
+            w.put(&alarm.alarm.number().to_le_bytes())?;
+        }
         let crc = w.crc;
         w.inner.write_all(&crc.to_le_bytes())?;
         Ok(crc)
@@ -181,7 +226,7 @@ impl Store {
             return Err(corrupt("not a muster snapshot (bad magic)"));
         }
         let format = r.u32()?;
-        if format != FORMAT {
+        if format != FORMAT && format != FORMAT_WITHOUT_CLUSTER {
             return Err(corrupt(format!("unsupported format {format}")));
         }
         let current = r.i64()?;
@@ -244,6 +289,32 @@ impl Store {
             }
             leases.attach(*id, key);
         }
+        let mut cluster = ClusterTable::default();
+        if format == FORMAT {
+            for _ in 0..r.u64()? {
+                let id = r.u64()?;
+                if cluster.members.keys().next_back().is_some_and(|&p| p >= id) {
+                    return Err(corrupt("members out of order"));
+                }
+                let member = MemberInfo {
+                    name: r.string()?,
+                    peer_urls: r.strings()?,
+                    client_urls: r.strings()?,
+                };
+                cluster.members.insert(id, member);
+            }
+            for _ in 0..r.u64()? {
+                let member_id = r.u64()?;
+                let number = i32::from_le_bytes(r.take()?);
+                let alarm = AlarmType::from_number(number)
+                    .ok_or_else(|| corrupt(format!("unknown alarm type {number}")))?;
+                let alarm = AlarmMember { member_id, alarm };
+                if cluster.alarms.get_max().is_some_and(|p| *p >= alarm) {
+                    return Err(corrupt("alarms out of order"));
+                }
+                cluster.alarms.insert(alarm);
+            }
+        }
         let computed = r.crc;
         let mut trailer = [0u8; 4];
         r.inner.read_exact(&mut trailer).map_err(read_error)?;
@@ -256,6 +327,7 @@ impl Store {
         Ok(Store {
             keys: KeySpace::from_parts(index, current, compacted),
             leases,
+            cluster,
         })
     }
 }
@@ -340,5 +412,72 @@ mod tests {
         Store::restore(&mut reader).expect("restore");
         assert_eq!(reader, b"next record");
         assert_eq!(len + 11, bytes.len());
+    }
+
+    #[test]
+    fn members_and_alarms_survive_a_restore() {
+        let mut store = store_with(2);
+        let urls = |u: &str| vec![u.to_string()];
+        let commands = [
+            Command::MemberPublish {
+                id: 7,
+                name: "a".into(),
+                client_urls: urls("http://a:2379"),
+                peer_urls: urls("http://a:2380"),
+            },
+            Command::MemberPeerUrls {
+                id: 9,
+                peer_urls: urls("http://b:2380"),
+            },
+            Command::Alarm {
+                activate: true,
+                member_id: 9,
+                alarm: AlarmType::NoSpace,
+            },
+        ];
+        for (i, command) in commands.into_iter().enumerate() {
+            store.apply(10 + i as u64, command).expect("apply");
+        }
+        let bytes = store.snapshot();
+        let restored = Store::restore(&bytes[..]).expect("restore");
+        assert_eq!(restored.snapshot(), bytes);
+        let members: Vec<_> = restored.members().map(|(id, m)| (id, m.clone())).collect();
+        assert_eq!(members.len(), 2);
+        assert_eq!(members[0].1.name, "a");
+        assert_eq!(members[1].1.peer_urls, urls("http://b:2380"));
+        assert!(restored.alarm_raised(AlarmType::NoSpace));
+    }
+
+    #[test]
+    fn a_format_1_snapshot_restores_without_members() {
+        // Format 1 is format 2 without the two trailing sections.
+        let store = store_with(3);
+        let mut bytes = store.snapshot();
+        bytes.truncate(bytes.len() - 4 - 16);
+        bytes[8..12].copy_from_slice(&FORMAT_WITHOUT_CLUSTER.to_le_bytes());
+        let crc = crc32c::crc32c(&bytes);
+        bytes.extend_from_slice(&crc.to_le_bytes());
+        let restored = Store::restore(&bytes[..]).expect("restore");
+        assert_eq!(restored.snapshot(), store.snapshot());
+    }
+
+    #[test]
+    fn the_tracked_size_is_the_encoded_key_space() {
+        // Everything a snapshot holds besides keys: header, counts of
+        // keys, leases (three i64 each), members and alarms, trailer.
+        let overhead = |store: &Store| 8 + 4 + 16 + 8 + 8 + 24 * store.leases.len() + 8 + 8 + 4;
+        let mut store = store_with(6);
+        assert_eq!(
+            store.bytes() as usize,
+            store.snapshot().len() - overhead(&store)
+        );
+        let revision = store.revision();
+        store
+            .apply(20, Command::Compact { revision })
+            .expect("compact");
+        assert_eq!(
+            store.bytes() as usize,
+            store.snapshot().len() - overhead(&store)
+        );
     }
 }

@@ -24,6 +24,7 @@ use std::ops::ControlFlow;
 
 use bytes::Bytes;
 
+use crate::cluster::{AlarmMember, AlarmType, ClusterTable, MemberInfo};
 use crate::command::{
     Command, Compare, CompareResult, CompareTarget, DeleteRangeRequest, DeleteRangeResponse,
     LeaseCheckpoint, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, Response,
@@ -73,6 +74,7 @@ pub struct KvHash {
 pub struct Store {
     pub(crate) keys: KeySpace,
     pub(crate) leases: LeaseTable,
+    pub(crate) cluster: ClusterTable,
 }
 
 impl Store {
@@ -98,9 +100,53 @@ impl Store {
         self.keys.key_count()
     }
 
+    /// The bytes the retained history takes in a snapshot (keys and every
+    /// version kept); it shrinks only with compaction. The space quota is
+    /// checked against it.
+    pub fn bytes(&self) -> u64 {
+        self.keys.bytes()
+    }
+
+    /// What the cluster knows about each member, in ID order (members that
+    /// left may linger until forgotten; Raft's membership says who is in).
+    pub fn members(&self) -> impl Iterator<Item = (u64, &MemberInfo)> + '_ {
+        self.cluster.members.iter().map(|(id, m)| (*id, m))
+    }
+
+    /// What the cluster knows about member `id`.
+    pub fn member(&self, id: u64) -> Option<&MemberInfo> {
+        self.cluster.members.get(&id)
+    }
+
+    /// The raised alarms, in member ID order.
+    pub fn alarms(&self) -> impl Iterator<Item = AlarmMember> + '_ {
+        self.cluster.alarms.iter().copied()
+    }
+
+    /// Whether any member has raised `alarm`.
+    pub fn alarm_raised(&self, alarm: AlarmType) -> bool {
+        self.cluster.raised(alarm)
+    }
+
+    /// Whether `command` adds data: what the NOSPACE alarm refuses (etcd's
+    /// capped applier: puts, txns with a put in either top-level branch,
+    /// lease grants). Deletes, compactions and revokes free space and go
+    /// through.
+    pub fn adds_data(command: &Command) -> bool {
+        let has_put = |ops: &[RequestOp]| ops.iter().any(|op| matches!(op, RequestOp::Put(_)));
+        match command {
+            Command::Put(_) | Command::LeaseGrant { .. } => true,
+            Command::Txn(txn) => has_put(&txn.success) || has_put(&txn.failure),
+            _ => false,
+        }
+    }
+
     /// Applies a command taken from the log at `index`.
     pub fn apply(&mut self, index: u64, command: Command) -> Result<Applied> {
         validate::check_command(&command, usize::MAX)?;
+        if Store::adds_data(&command) && self.cluster.raised(AlarmType::NoSpace) {
+            return Err(Error::NoSpace);
+        }
         match command {
             Command::Put(req) => {
                 // etcd's standalone put looks the lease up before the key.
@@ -206,6 +252,51 @@ impl Store {
                     events: Vec::new(),
                 })
             }
+            Command::MemberPeerUrls { id, peer_urls } => {
+                self.cluster.set_peer_urls(id, peer_urls);
+                Ok(self.member_applied())
+            }
+            Command::MemberPublish {
+                id,
+                name,
+                client_urls,
+                peer_urls,
+            } => {
+                self.cluster.publish(id, name, client_urls, peer_urls);
+                Ok(self.member_applied())
+            }
+            Command::MemberForget { id } => {
+                self.cluster.forget(id);
+                Ok(self.member_applied())
+            }
+            Command::Alarm {
+                activate,
+                member_id,
+                alarm,
+            } => {
+                let alarm = AlarmMember { member_id, alarm };
+                let changed = if activate {
+                    self.cluster.activate(alarm)
+                } else {
+                    self.cluster.deactivate(alarm)
+                };
+                Ok(Applied {
+                    response: Response::Alarm {
+                        revision: self.keys.current(),
+                        changed: if changed { vec![alarm] } else { Vec::new() },
+                    },
+                    events: Vec::new(),
+                })
+            }
+        }
+    }
+
+    fn member_applied(&self) -> Applied {
+        Applied {
+            response: Response::Member {
+                revision: self.keys.current(),
+            },
+            events: Vec::new(),
         }
     }
 

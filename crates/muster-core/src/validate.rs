@@ -65,7 +65,11 @@ pub fn check_command(command: &Command, max_txn_ops: usize) -> Result<()> {
         Command::Compact { .. }
         | Command::LeaseGrant { .. }
         | Command::LeaseRevoke { .. }
-        | Command::LeaseCheckpoint { .. } => Ok(()),
+        | Command::LeaseCheckpoint { .. }
+        | Command::MemberPeerUrls { .. }
+        | Command::MemberPublish { .. }
+        | Command::MemberForget { .. }
+        | Command::Alarm { .. } => Ok(()),
     }
 }
 

@@ -307,6 +307,10 @@ impl Runner {
             }
             Response::LeaseRevoke { revision } => writeln!(out, "revoke rev={revision}")?,
             Response::LeaseCheckpoint { revision } => writeln!(out, "checkpoint rev={revision}")?,
+            Response::Member { revision } => writeln!(out, "member rev={revision}")?,
+            Response::Alarm { revision, changed } => {
+                writeln!(out, "alarm rev={revision} changed={changed:?}")?
+            }
         }
         for event in &applied.events {
             print_event(out, "  ", event)?;

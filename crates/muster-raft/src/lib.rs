@@ -41,6 +41,8 @@ mod election;
 mod error;
 mod lease;
 mod log_store;
+mod members;
+pub mod metrics;
 pub mod network;
 mod node;
 mod record;
@@ -51,7 +53,11 @@ mod types;
 pub use error::Error;
 pub use lease::{LeaseAnswer, LeaseKeeper, LeaseOp};
 pub use log_store::LogStore;
-pub use network::{FaultInjector, ForwardError, PeerNetwork, PeerNetworkFactory, PeerService};
+pub use members::{Directory, DirectoryEntry, MAX_LEARNERS, MembershipOp, Refusal};
+pub use network::{
+    FaultInjector, ForwardError, PeerNetwork, PeerNetworkFactory, PeerService, accept_nodelay,
+    fetch_directory,
+};
 pub use node::{
     DEFAULT_SNAPSHOT_LOGS, MAX_SNAPSHOT_KEEP_LOGS, Members, MoveLeaderError, REQUEST_TIMEOUT,
     RaftNode, RaftNodeConfig,

@@ -335,8 +335,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let append = crate::metrics::LOG_APPEND_SECONDS.start_timer();
         let result = match self.inner.write_entries(entries) {
-            Ok(()) => self.inner.flush().await,
+            Ok(()) => {
+                append.observe_duration();
+                let _fsync = crate::metrics::LOG_FSYNC_SECONDS.start_timer();
+                self.inner.flush().await
+            }
             Err(e) => Err(e),
         };
         match result {

@@ -30,7 +30,7 @@
 //!   when it recovers; the repeated failures in between are `debug`, so a
 //!   member that is down does not flood the log.
 //!
-//! Besides openraft's three RPCs the service carries four of muster's own,
+//! Besides openraft's three RPCs the service carries six of muster's own,
 //! also for members only:
 //!
 //! - `Forward`: a follower hands a client's [`Command`] to the leader, which
@@ -42,6 +42,10 @@
 //!   the leader's lease keeper ([`crate::RaftNode::lease`]).
 //! - `TimeoutNow`: a leader that is stopping asks its most up-to-date
 //!   follower to campaign at once ([`crate::RaftNode::hand_over`]).
+//! - `Membership`: a follower hands a membership change to the leader
+//!   ([`crate::RaftNode::change_members`]).
+//! - `Members`: a member about to join asks for the cluster's
+//!   [`Directory`] ([`fetch_directory`]); any member answers.
 //!
 //! [`crate::RaftNode::submit`], [`crate::RaftNode::read_barrier`] and
 //! [`crate::RaftNode::hand_over`] use them through the same cached channels
@@ -80,6 +84,8 @@ use tonic::{Code, Request, Response, Status};
 
 use crate::election::ElectionClock;
 use crate::lease::{KeeperSlot, LeaseAnswer, LeaseOp};
+use crate::members::{self, Directory, MembershipOp, Refusal};
+use crate::state_machine::StateMachine;
 use crate::types::{CommandResult, NodeId, Raft, TypeConfig};
 
 /// The generated protobuf messages and gRPC stubs of the peer protocol,
@@ -149,6 +155,10 @@ pub struct PeerService {
     id: NodeId,
     clock: ElectionClock,
     keeper: KeeperSlot,
+    state_machine: StateMachine,
+    cluster_id: u64,
+    /// How long a membership change may wait for its commit.
+    change_timeout: Duration,
 }
 
 impl std::fmt::Debug for PeerService {
@@ -160,13 +170,25 @@ impl std::fmt::Debug for PeerService {
 impl PeerService {
     /// A peer service forwarding to `raft`, member `id`'s openraft,
     /// restarting `clock` whenever a leader is heard from or a vote granted.
-    /// Lease operations go to the keeper registered in `keeper`.
-    pub(crate) fn new(raft: Raft, id: NodeId, clock: ElectionClock, keeper: KeeperSlot) -> Self {
+    /// Lease operations go to the keeper registered in `keeper`; the
+    /// directory is read from `state_machine` and names `cluster_id`.
+    pub(crate) fn new(
+        raft: Raft,
+        id: NodeId,
+        clock: ElectionClock,
+        keeper: KeeperSlot,
+        state_machine: StateMachine,
+        cluster_id: u64,
+        change_timeout: Duration,
+    ) -> Self {
         PeerService {
             raft,
             id,
             clock,
             keeper,
+            state_machine,
+            cluster_id,
+            change_timeout,
         }
     }
 
@@ -290,6 +312,27 @@ impl proto::raft_server::Raft for PeerService {
             };
         Ok(Response::new(proto::LeaseResponse {
             payload: encode_reply(&result, "lease response")?,
+        }))
+    }
+
+    async fn membership(
+        &self,
+        request: Request<proto::MembershipRequest>,
+    ) -> Result<Response<proto::MembershipResponse>, Status> {
+        let op: MembershipOp = decode_request(&request.into_inner().payload, "membership change")?;
+        let result = members::execute(&self.raft, op, self.change_timeout).await;
+        Ok(Response::new(proto::MembershipResponse {
+            payload: encode_reply(&result, "membership response")?,
+        }))
+    }
+
+    async fn members(
+        &self,
+        _request: Request<proto::MembersRequest>,
+    ) -> Result<Response<proto::MembersResponse>, Status> {
+        let directory = members::directory(&self.raft, &self.state_machine, self.cluster_id);
+        Ok(Response::new(proto::MembersResponse {
+            payload: encode_reply(&directory, "member directory")?,
         }))
     }
 
@@ -549,6 +592,28 @@ impl PeerNetworkFactory {
         }
     }
 
+    /// One of muster's own peer RPCs to member `target` at peer address
+    /// `addr`, waiting at most `ttl`: `call` sends the request and answers
+    /// the reply's payload, which is decoded as `T`.
+    async fn call<T, F, Fut>(
+        &self,
+        target: NodeId,
+        addr: &str,
+        ttl: Duration,
+        call: F,
+    ) -> Result<T, PeerCallError>
+    where
+        T: DeserializeOwned,
+        F: FnOnce(RaftClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<Bytes, Status>>,
+    {
+        let reply = self
+            .client(target, &BasicNode::new(addr))
+            .send(ttl, call)
+            .await?;
+        decode(&reply).map_err(|e| PeerCallError::Network(format!("undecodable reply: {e}")))
+    }
+
     /// Sends `command` to member `target` (at peer address `addr`, which
     /// should be the leader) and waits at most `ttl` for its answer: the
     /// command's result, or why that member could not propose it.
@@ -560,14 +625,11 @@ impl PeerNetworkFactory {
         ttl: Duration,
     ) -> Result<Result<CommandResult, ForwardError>, PeerCallError> {
         let payload = encode(command).map_err(|e| PeerCallError::Network(e.to_string()))?;
-        let reply = self
-            .client(target, &BasicNode::new(addr))
-            .send(ttl, |mut client| async move {
-                let reply = client.forward(proto::ForwardRequest { payload }).await?;
-                Ok(reply.into_inner().payload)
-            })
-            .await?;
-        decode(&reply).map_err(|e| PeerCallError::Network(format!("undecodable reply: {e}")))
+        self.call(target, addr, ttl, |mut client| async move {
+            let reply = client.forward(proto::ForwardRequest { payload }).await?;
+            Ok(reply.into_inner().payload)
+        })
+        .await
     }
 
     /// Sends lease operation `op` to member `target` (at peer address
@@ -580,14 +642,30 @@ impl PeerNetworkFactory {
         ttl: Duration,
     ) -> Result<Result<LeaseAnswer, ForwardError>, PeerCallError> {
         let payload = encode(&op).map_err(|e| PeerCallError::Network(e.to_string()))?;
-        let reply = self
-            .client(target, &BasicNode::new(addr))
-            .send(ttl, |mut client| async move {
-                let reply = client.lease(proto::LeaseRequest { payload }).await?;
-                Ok(reply.into_inner().payload)
-            })
-            .await?;
-        decode(&reply).map_err(|e| PeerCallError::Network(format!("undecodable reply: {e}")))
+        self.call(target, addr, ttl, |mut client| async move {
+            let reply = client.lease(proto::LeaseRequest { payload }).await?;
+            Ok(reply.into_inner().payload)
+        })
+        .await
+    }
+
+    /// Sends membership change `op` to member `target` (at peer address
+    /// `addr`, which should be the leader), waiting at most `ttl`.
+    pub(crate) async fn membership(
+        &self,
+        target: NodeId,
+        addr: &str,
+        op: MembershipOp,
+        ttl: Duration,
+    ) -> Result<Result<Result<(), Refusal>, ForwardError>, PeerCallError> {
+        let payload = encode(&op).map_err(|e| PeerCallError::Network(e.to_string()))?;
+        self.call(target, addr, ttl, |mut client| async move {
+            let reply = client
+                .membership(proto::MembershipRequest { payload })
+                .await?;
+            Ok(reply.into_inner().payload)
+        })
+        .await
     }
 
     /// Asks member `target` (at peer address `addr`) to campaign at once,
@@ -600,16 +678,13 @@ impl PeerNetworkFactory {
         ttl: Duration,
     ) -> Result<bool, PeerCallError> {
         let from = self.id;
-        let reply = self
-            .client(target, &BasicNode::new(addr))
-            .send(ttl, |mut client| async move {
-                let reply = client
-                    .timeout_now(proto::TimeoutNowRequest { from, term })
-                    .await?;
-                Ok(reply.into_inner().payload)
-            })
-            .await?;
-        decode(&reply).map_err(|e| PeerCallError::Network(format!("undecodable reply: {e}")))
+        self.call(target, addr, ttl, |mut client| async move {
+            let reply = client
+                .timeout_now(proto::TimeoutNowRequest { from, term })
+                .await?;
+            Ok(reply.into_inner().payload)
+        })
+        .await
     }
 
     /// Asks member `target` (at peer address `addr`, which should be the
@@ -620,15 +695,55 @@ impl PeerNetworkFactory {
         addr: &str,
         ttl: Duration,
     ) -> Result<Result<u64, ForwardError>, PeerCallError> {
-        let reply = self
-            .client(target, &BasicNode::new(addr))
-            .send(ttl, |mut client| async move {
-                let reply = client.read_index(proto::ReadIndexRequest {}).await?;
-                Ok(reply.into_inner().payload)
-            })
-            .await?;
-        decode(&reply).map_err(|e| PeerCallError::Network(format!("undecodable reply: {e}")))
+        self.call(target, addr, ttl, |mut client| async move {
+            let reply = client.read_index(proto::ReadIndexRequest {}).await?;
+            Ok(reply.into_inner().payload)
+        })
+        .await
     }
+}
+
+/// The connections accepted on `listener`, each with `TCP_NODELAY` set.
+///
+/// tonic sets it only on listeners it binds itself. Without it, a small
+/// response written right after another small frame on the same
+/// connection (a watch event, a heartbeat answer) waits for the client's
+/// delayed ACK (Nagle's algorithm): tens of milliseconds per request.
+pub fn accept_nodelay(
+    listener: tokio::net::TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt as _;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|accepted| {
+        accepted.inspect(|stream| {
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!(error = %e, "setting TCP_NODELAY failed");
+            }
+        })
+    })
+}
+
+/// Asks the member whose peer service listens on `addr` (`host:port`) for
+/// its view of the cluster, waiting at most `ttl`. Used before this member
+/// has a Raft node of its own: it joins a running cluster and must learn
+/// its ID and the cluster's.
+pub async fn fetch_directory(addr: &str, ttl: Duration) -> Result<Directory, crate::Error> {
+    let failed = |reason: String| {
+        crate::Error::Raft(format!("asking {addr} for the members: {reason}").into())
+    };
+    let channel = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| failed(e.to_string()))?
+        .connect_timeout(CONNECT_TIMEOUT.min(ttl));
+    let exchange = async {
+        let channel = channel.connect().await.map_err(|e| failed(e.to_string()))?;
+        let reply = RaftClient::new(channel)
+            .members(proto::MembersRequest {})
+            .await
+            .map_err(|e| failed(e.message().to_string()))?;
+        decode(&reply.into_inner().payload).map_err(|e| failed(format!("undecodable reply: {e}")))
+    };
+    tokio::time::timeout(ttl, exchange)
+        .await
+        .map_err(|_| failed(format!("no answer within {ttl:?}")))?
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetworkFactory {

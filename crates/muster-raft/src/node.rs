@@ -58,12 +58,13 @@ use openraft::{BasicNode, ChangeMembers, SnapshotPolicy};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::election::{ElectionClock, spawn_campaigner};
 use crate::error::Error;
 use crate::lease::{KeeperSlot, LeaseAnswer, LeaseKeeper, LeaseOp};
 use crate::log_store::LogStore;
+use crate::members::{self, MembershipOp, Refusal};
+use crate::metrics;
 use crate::network::{FaultInjector, ForwardError, PeerCallError, PeerNetworkFactory, PeerService};
 use crate::state_machine::StateMachine;
 use crate::types::{
@@ -102,6 +103,23 @@ const LEASE_MARGIN: Duration = Duration::from_millis(20);
 /// in-flight calls before it stops it outright.
 const SERVER_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Counts a proposal as pending for as long as it lives (also when the
+/// caller's future is dropped mid-way).
+struct PendingProposal;
+
+impl PendingProposal {
+    fn start() -> Self {
+        metrics::PROPOSALS_PENDING.inc();
+        PendingProposal
+    }
+}
+
+impl Drop for PendingProposal {
+    fn drop(&mut self) {
+        metrics::PROPOSALS_PENDING.dec();
+    }
+}
+
 /// What a [`RaftNode`] needs to start.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RaftNodeConfig {
@@ -120,6 +138,9 @@ pub struct RaftNodeConfig {
     /// (openraft's `SnapshotPolicy::LogsSinceLast`; etcd's
     /// `--snapshot-count`).
     pub snapshot_logs: u64,
+    /// The cluster's ID, which the peer service's member directory names
+    /// (0 when unknown).
+    pub cluster_id: u64,
 }
 
 impl RaftNodeConfig {
@@ -133,6 +154,7 @@ impl RaftNodeConfig {
             heartbeat_ms: DEFAULT_HEARTBEAT_MS,
             election_timeout_ms: DEFAULT_ELECTION_TIMEOUT_MS,
             snapshot_logs: DEFAULT_SNAPSHOT_LOGS,
+            cluster_id: 0,
         }
     }
 
@@ -371,9 +393,17 @@ impl RaftNode {
         );
         let (stop, stopped) = oneshot::channel::<()>();
         let keeper = KeeperSlot::default();
-        let service = PeerService::new(raft.clone(), config.id, clock.clone(), Arc::clone(&keeper))
-            .into_server();
-        let incoming = TcpListenerStream::new(listener);
+        let service = PeerService::new(
+            raft.clone(),
+            config.id,
+            clock.clone(),
+            Arc::clone(&keeper),
+            state_machine.clone(),
+            config.cluster_id,
+            REQUEST_TIMEOUT,
+        )
+        .into_server();
+        let incoming = crate::network::accept_nodelay(listener);
         let task = tokio::spawn(async move {
             tonic::transport::Server::builder()
                 .add_service(service)
@@ -485,21 +515,28 @@ impl RaftNode {
         timeout: Duration,
     ) -> Result<CommandResult, Error> {
         let command = &command;
-        self.via_leader(
-            "submit",
-            "the command",
-            timeout,
-            || async move {
-                match self.write(command.clone()).await {
-                    Err(Error::NotLeader { leader, .. }) => Ok(Err(leader)),
-                    result => result.map(Ok),
-                }
-            },
-            |leader, addr, ttl| async move {
-                self.network.forward(leader, &addr, command, ttl).await
-            },
-        )
-        .await
+        let _pending = PendingProposal::start();
+        let result = self
+            .via_leader(
+                "submit",
+                "the command",
+                timeout,
+                || async move {
+                    match self.write(command.clone()).await {
+                        Err(Error::NotLeader { leader, .. }) => Ok(Err(leader)),
+                        result => result.map(Ok),
+                    }
+                },
+                |leader, addr, ttl| async move {
+                    self.network.forward(leader, &addr, command, ttl).await
+                },
+            )
+            .await;
+        match &result {
+            Ok(_) => metrics::PROPOSALS_COMMITTED.inc(),
+            Err(_) => metrics::PROPOSALS_FAILED.inc(),
+        }
+        result
     }
 
     /// Runs one request on the leader, from any member, within `timeout`:
@@ -799,6 +836,34 @@ impl RaftNode {
                 Ok(keeper.answer(op).ok_or(None))
             },
             |leader, addr, ttl| async move { self.network.lease(leader, &addr, op, ttl).await },
+        )
+        .await
+    }
+
+    /// Runs membership change `op` on the leader, from any member (locally
+    /// when this member leads, else forwarded over the peer service's
+    /// `Membership` RPC), retrying as [`RaftNode::submit`] does while
+    /// leadership moves. The inner `Err` is the leader's refusal; see
+    /// `members` for when an `Ok` answer is given.
+    pub async fn change_members(&self, op: MembershipOp) -> Result<Result<(), Refusal>, Error> {
+        self.via_leader(
+            "membership change",
+            "the membership change",
+            REQUEST_TIMEOUT,
+            || {
+                let op = op.clone();
+                async move {
+                    match members::execute(&self.raft, op, REQUEST_TIMEOUT).await {
+                        Ok(answer) => Ok(Ok(answer)),
+                        Err(ForwardError::NotLeader { leader }) => Ok(Err(leader)),
+                        Err(ForwardError::Raft(reason)) => Err(Error::Raft(reason.into())),
+                    }
+                }
+            },
+            |leader, addr, ttl| {
+                let op = op.clone();
+                async move { self.network.membership(leader, &addr, op, ttl).await }
+            },
         )
         .await
     }

@@ -430,10 +430,15 @@ fn snapshot_error(error: Error, meta: Option<&Meta>, verb: ErrorVerb) -> Storage
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        self.shared
+        let timer = crate::metrics::SNAPSHOT_SAVE_SECONDS.start_timer();
+        let snapshot = self
+            .shared
             .build_snapshot()
             .await
-            .map_err(|e| snapshot_error(e, None, ErrorVerb::Write))
+            .map_err(|e| snapshot_error(e, None, ErrorVerb::Write))?;
+        timer.observe_duration();
+        crate::metrics::SNAPSHOT_SAVES.inc();
+        Ok(snapshot)
     }
 }
 
@@ -450,7 +455,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        Ok(self.shared.apply(entries))
+        let _timer = crate::metrics::APPLY_SECONDS.start_timer();
+        let results = self.shared.apply(entries);
+        if let Some(applied) = self.shared.read().last_applied {
+            crate::metrics::PROPOSALS_APPLIED.set(i64::try_from(applied.index).unwrap_or(i64::MAX));
+        }
+        Ok(results)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -466,10 +476,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &Meta,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
+        let timer = crate::metrics::SNAPSHOT_INSTALL_SECONDS.start_timer();
         self.shared
             .install_snapshot(meta, snapshot.into_inner())
             .await
-            .map_err(|e| snapshot_error(e, Some(meta), ErrorVerb::Write))
+            .map_err(|e| snapshot_error(e, Some(meta), ErrorVerb::Write))?;
+        timer.observe_duration();
+        crate::metrics::SNAPSHOT_INSTALLS.inc();
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {

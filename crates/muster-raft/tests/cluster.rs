@@ -22,12 +22,31 @@ use muster_raft::{CommandResult, Error, NodeId, RaftNode};
 /// Starts `size` members (IDs 1..=size) at the fast timings with
 /// `snapshot_logs`, and initializes the cluster on member 1.
 async fn start(size: u64, snapshot_logs: u64) -> Cluster {
-    let cluster = Cluster::start(Options {
+    start_with(Options {
         snapshot_logs: Some(snapshot_logs),
         initialize: false,
         ..Options::fast(size)
     })
-    .await;
+    .await
+}
+
+/// As [`start`] at etcd's default timings (heartbeat 100 ms, election
+/// timeout 1 s): for the bulk-write tests, where 32 writers fsyncing on a
+/// loaded two-core machine can delay a heartbeat past the fast timings'
+/// 300 ms and depose the leader mid-test, which is not what they test.
+async fn start_patient(size: u64, snapshot_logs: u64) -> Cluster {
+    start_with(Options {
+        snapshot_logs: Some(snapshot_logs),
+        initialize: false,
+        heartbeat_ms: None,
+        election_timeout_ms: None,
+        ..Options::fast(size)
+    })
+    .await
+}
+
+async fn start_with(options: Options) -> Cluster {
+    let cluster = Cluster::start(options).await;
     cluster
         .node(1)
         .initialize(cluster.membership())
@@ -193,7 +212,7 @@ async fn stop_write_restart(
     writes: usize,
     snapshot_logs: u64,
 ) -> (Cluster, NodeId, u64, BTreeMap<String, String>) {
-    let cluster = start(3, snapshot_logs).await;
+    let cluster = start_patient(3, snapshot_logs).await;
     let leader = cluster.wait_leader().await;
     let follower = cluster.followers(leader)[0];
     cluster.put("bulk/before", "x").await;

@@ -124,7 +124,93 @@ pub struct MemberConfig {
     /// Applied entries between snapshots (the log is purged behind them).
     #[arg(long, env = "MUSTER_SNAPSHOT_COUNT", default_value_t = 100_000)]
     pub snapshot_count: u64,
+
+    /// Bytes the key history may take before writes that add data are
+    /// refused and the NOSPACE alarm is raised, as etcd's flag: 0 is etcd's
+    /// default (2 GiB), a negative value disables the quota. muster measures
+    /// the snapshot-encoded size of the history kept (compaction frees it),
+    /// not a database file.
+    #[arg(
+        long,
+        env = "MUSTER_QUOTA_BACKEND_BYTES",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
+    pub quota_backend_bytes: i64,
+
+    /// URLs to serve `/metrics` (Prometheus), `/health` and `/readyz` on
+    /// (comma-separated; empty for none).
+    #[arg(
+        long,
+        env = "MUSTER_LISTEN_METRICS_URLS",
+        default_value = "http://127.0.0.1:2381",
+        value_delimiter = ','
+    )]
+    pub listen_metrics_urls: Vec<String>,
+
+    /// Largest client request accepted, in bytes (etcd's default: 1.5 MiB).
+    #[arg(long, env = "MUSTER_MAX_REQUEST_BYTES", default_value_t = 1_572_864)]
+    pub max_request_bytes: u64,
+
+    /// Most operations in each branch of a txn (etcd's default: 128).
+    #[arg(long, env = "MUSTER_MAX_TXN_OPS", default_value_t = 128)]
+    pub max_txn_ops: u64,
+
+    /// Least severe log level written: error, warn, info, debug or trace
+    /// (`RUST_LOG`, when set, overrides it with a full filter).
+    #[arg(long, env = "MUSTER_LOG_LEVEL", value_enum, default_value = "info")]
+    pub log_level: LogLevel,
+
+    /// Log line format: `text` for people, `json` (one object per line) for
+    /// log collectors.
+    #[arg(long, env = "MUSTER_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
 }
+
+/// `--log-level`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    /// Errors only.
+    Error,
+    /// Warnings and errors.
+    Warn,
+    /// What an operator follows: elections, membership, start and stop.
+    Info,
+    /// Details for debugging muster (openraft and the transport at info).
+    Debug,
+    /// Everything, from every library.
+    Trace,
+}
+
+impl LogLevel {
+    /// The tracing filter for this level. openraft logs every failed send
+    /// to a member that is down (a warning, and in replication an error,
+    /// twice a second per peer); the peer transport logs a member going
+    /// down and coming back once each instead, so below `debug` openraft
+    /// is kept to errors and its replication module quiet.
+    pub fn filter(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error,openraft::replication=off",
+            LogLevel::Warn => "warn,openraft=error,openraft::replication=off,sled=warn",
+            LogLevel::Info => "info,openraft=error,openraft::replication=off,sled=warn",
+            LogLevel::Debug => "debug,openraft=info,sled=info,h2=info,hyper=info,tower=info",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
+/// `--log-format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The largest `--max-request-bytes` accepted: well above any sane request
+/// and below what a single gRPC message may carry.
+pub const MAX_REQUEST_BYTES_LIMIT: u64 = 1 << 30;
 
 /// A configuration that does not make sense; the text names the setting.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -220,10 +306,37 @@ pub struct Member {
     pub election_timeout_ms: u64,
     /// Applied entries between snapshots.
     pub snapshot_count: u64,
+    /// The space quota in bytes; `None`: no quota.
+    pub quota_backend_bytes: Option<u64>,
+    /// Request size and txn limits checked at the edge.
+    pub limits: crate::kv::Limits,
+    /// Where to serve metrics and health; empty for nowhere.
+    pub listen_metrics_urls: Vec<PeerUrl>,
 }
 
 /// The longest election timeout accepted, as etcd's limit.
 pub const MAX_ELECTION_TIMEOUT_MS: u64 = 50_000;
+
+/// The smallest positive `--quota-backend-bytes` accepted. Every put costs
+/// 256 bytes besides its key and value, so a smaller quota would hold a
+/// handful of tiny keys at most: a typo rather than a plan.
+pub const MIN_QUOTA_BACKEND_BYTES: u64 = 1024;
+
+/// The space quota `--quota-backend-bytes` asks for, as etcd reads it: 0 is
+/// the default ([`crate::kv::DEFAULT_QUOTA_BYTES`]), a negative value
+/// disables it (`None`), a positive value of at least
+/// [`MIN_QUOTA_BACKEND_BYTES`] is the quota.
+pub fn quota_backend_bytes(raw: i64) -> Result<Option<u64>, ConfigError> {
+    match u64::try_from(raw) {
+        Err(_) => Ok(None),
+        Ok(0) => Ok(Some(crate::kv::DEFAULT_QUOTA_BYTES)),
+        Ok(bytes) if bytes < MIN_QUOTA_BACKEND_BYTES => Err(invalid(format!(
+            "--quota-backend-bytes ({bytes}) must be at least {MIN_QUOTA_BACKEND_BYTES} bytes, \
+             0 for etcd's default of 2 GiB, or negative for no quota"
+        ))),
+        Ok(bytes) => Ok(Some(bytes)),
+    }
+}
 
 impl MemberConfig {
     /// Checks every setting and derives the IDs; the error names the first
@@ -259,6 +372,22 @@ impl MemberConfig {
         if self.initial_cluster_token.is_empty() {
             return Err(invalid("--initial-cluster-token must not be empty"));
         }
+        let quota_backend_bytes = quota_backend_bytes(self.quota_backend_bytes)?;
+        if self.max_request_bytes == 0 || self.max_request_bytes > MAX_REQUEST_BYTES_LIMIT {
+            return Err(invalid(format!(
+                "--max-request-bytes ({}) must be between 1 and {MAX_REQUEST_BYTES_LIMIT}",
+                self.max_request_bytes
+            )));
+        }
+        if self.max_txn_ops == 0 {
+            return Err(invalid("--max-txn-ops must be at least 1"));
+        }
+        let limits = crate::kv::Limits {
+            max_request_bytes: usize::try_from(self.max_request_bytes)
+                .map_err(|_| invalid("--max-request-bytes does not fit this machine"))?,
+            max_txn_ops: usize::try_from(self.max_txn_ops)
+                .map_err(|_| invalid("--max-txn-ops does not fit this machine"))?,
+        };
         let urls = |raw: &[String], setting: &str| -> Result<Vec<PeerUrl>, ConfigError> {
             if raw.iter().all(|u| u.trim().is_empty()) {
                 return Err(invalid(format!("{setting} must list at least one URL")));
@@ -273,6 +402,12 @@ impl MemberConfig {
         advertised.sort();
         advertised.dedup();
         let listen_client_urls = urls(&self.listen_client_urls, "--listen-client-urls")?;
+        let listen_metrics_urls = self
+            .listen_metrics_urls
+            .iter()
+            .filter(|u| !u.trim().is_empty())
+            .map(|u| PeerUrl::parse(u, "--listen-metrics-urls"))
+            .collect::<Result<Vec<_>, _>>()?;
         let advertise_client_urls = urls(&self.advertise_client_urls, "--advertise-client-urls")?;
 
         let initial_cluster = match &self.initial_cluster {
@@ -335,6 +470,9 @@ impl MemberConfig {
             heartbeat_ms: self.heartbeat_interval,
             election_timeout_ms: self.election_timeout,
             snapshot_count: self.snapshot_count,
+            quota_backend_bytes,
+            limits,
+            listen_metrics_urls,
         })
     }
 }
@@ -428,6 +566,32 @@ mod tests {
             (member.heartbeat_ms, member.election_timeout_ms),
             (100, 1000)
         );
+        assert_eq!(member.quota_backend_bytes, Some(2 * 1024 * 1024 * 1024));
+    }
+
+    #[test]
+    fn quota_backend_bytes_reads_as_etcds_flag() {
+        let quota = |args: &[&str]| config(args).validate().expect("valid").quota_backend_bytes;
+        assert_eq!(
+            quota(&["--quota-backend-bytes", "0"]),
+            Some(crate::kv::DEFAULT_QUOTA_BYTES)
+        );
+        assert_eq!(quota(&["--quota-backend-bytes", "-1"]), None);
+        assert_eq!(quota(&["--quota-backend-bytes=-5000"]), None);
+        assert_eq!(quota(&["--quota-backend-bytes", "65536"]), Some(65536));
+        assert_eq!(
+            quota(&["--quota-backend-bytes", "8589934592"]),
+            Some(8 * 1024 * 1024 * 1024)
+        );
+        assert_eq!(
+            error(&["--quota-backend-bytes", "100"]),
+            "invalid configuration: --quota-backend-bytes (100) must be at least 1024 bytes, \
+             0 for etcd's default of 2 GiB, or negative for no quota"
+        );
+        let garbage = MemberConfig::try_parse_from(["muster", "--quota-backend-bytes", "2GB"])
+            .expect_err("not a number")
+            .to_string();
+        assert!(garbage.contains("--quota-backend-bytes"), "{garbage}");
     }
 
     #[test]
@@ -529,6 +693,44 @@ mod tests {
             ])
             .contains("to both")
         );
+        assert!(error(&["--max-request-bytes", "0"]).contains("--max-request-bytes (0)"));
+        assert!(error(&["--max-txn-ops", "0"]).contains("--max-txn-ops"));
+        assert!(error(&["--listen-metrics-urls", "localhost"]).contains("--listen-metrics-urls"));
+    }
+
+    #[test]
+    fn limits_and_logging_settings_are_read() {
+        let member = config(&["--max-request-bytes", "4096", "--max-txn-ops", "16"])
+            .validate()
+            .expect("valid");
+        assert_eq!(member.limits.max_request_bytes, 4096);
+        assert_eq!(member.limits.max_txn_ops, 16);
+        let defaults = config(&[]).validate().expect("valid");
+        assert_eq!(defaults.limits.max_request_bytes, 3 * 512 * 1024);
+        assert_eq!(defaults.limits.max_txn_ops, 128);
+        let logging = config(&["--log-level", "debug", "--log-format", "json"]);
+        assert_eq!(logging.log_level, LogLevel::Debug);
+        assert_eq!(logging.log_format, LogFormat::Json);
+        for level in [
+            LogLevel::Error,
+            LogLevel::Warn,
+            LogLevel::Info,
+            LogLevel::Debug,
+            LogLevel::Trace,
+        ] {
+            assert_levels_known(level.filter());
+        }
+    }
+
+    /// Every directive of a filter names a level tracing knows.
+    fn assert_levels_known(filter: &str) {
+        for directive in filter.split(',') {
+            let level = directive.rsplit('=').next().unwrap_or_default();
+            assert!(
+                ["error", "warn", "info", "debug", "trace", "off"].contains(&level),
+                "{filter}: {directive}"
+            );
+        }
     }
 
     #[test]
@@ -541,7 +743,7 @@ mod tests {
             .get_arguments()
             .filter(|a| a.get_long().is_some_and(|l| l != "help" && l != "version"))
             .collect();
-        assert_eq!(flags.len(), 12, "every setting is a flag");
+        assert_eq!(flags.len(), 18, "every setting is a flag");
         for flag in flags {
             let long = flag.get_long().unwrap_or_default();
             let expected = format!("MUSTER_{}", long.to_uppercase().replace('-', "_"));

@@ -101,6 +101,20 @@ pub fn identity_file(data_dir: &Path) -> PathBuf {
     data_dir.join("member").join("identity")
 }
 
+/// The identity a data dir was created with, or `None` for a new data dir
+/// (a member joining an existing cluster learns its IDs from the cluster
+/// on its first start, and from here afterwards).
+pub fn read(data_dir: &Path) -> Result<Option<Identity>, IdentityError> {
+    let file = identity_file(data_dir);
+    match fs::read_to_string(&file) {
+        Ok(text) => parse(&text)
+            .map(Some)
+            .map_err(|reason| IdentityError::Corrupt { file, reason }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(IdentityError::Io { file, source }),
+    }
+}
+
 /// Checks the data dir against `expected`, writing the identity on first use.
 pub fn check_or_create(data_dir: &Path, expected: &Identity) -> Result<Startup, IdentityError> {
     let file = identity_file(data_dir);

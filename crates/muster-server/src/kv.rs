@@ -11,10 +11,38 @@
 //!
 //! Every response header carries the cluster ID, this member's ID, the Raft
 //! term and the revision the request saw.
+//!
+//! # The space quota
+//!
+//! A valid request that adds data (a put, a txn with a top-level put, and
+//! in the `Lease` service a grant) is then checked against the [`Quota`],
+//! as etcd's `quotaKVServer` and `quotaLeaseServer` do: it may go ahead
+//! only if `size + cost < quota`, where `size` is this member's
+//! [`Store::bytes`] (the snapshot-encoded size of the retained key
+//! history, which only compaction shrinks) and `cost` is etcd's estimate:
+//!
+//! ```text
+//!   put        256 + key + value
+//!   txn        max(sum over the success puts, sum over the failure puts)
+//!   lease      64
+//!   otherwise  0  (never refused here: deleting and compacting is how
+//!                 space is freed)
+//! ```
+//!
+//! A request over the quota is refused with etcd's ResourceExhausted
+//! "etcdserver: mvcc: database space exceeded", after this member's
+//! NOSPACE alarm has been proposed through the leader. From then on every
+//! replica's store refuses whatever adds data until the alarm is cleared
+//! (Maintenance `Alarm` DEACTIVATE, `etcdctl alarm disarm`), quota or not.
+//!
+//! Worked example, quota 64 KiB, 8 KiB values: the eighth put finds
+//! `size` ≈ 56.4 KiB and `cost` ≈ 8.3 KiB, is refused and raises NOSPACE;
+//! deleting the keys and compacting past the deletes brings `size` back
+//! near 0, and after the disarm a put goes through again.
 
 use std::sync::Arc;
 
-use muster_core::{Command, Response, validate};
+use muster_core::{AlarmType, Command, Error as CoreError, RequestOp, Response, Store, validate};
 use muster_proto::etcdserverpb as pb;
 use muster_proto::etcdserverpb::kv_server::Kv;
 use muster_raft::RaftNode;
@@ -22,8 +50,103 @@ use tonic::{Request, Status};
 
 use crate::status::{REQUEST_TOO_LARGE, convert_status, core_status, raft_status};
 
+/// etcd's default space quota (`DefaultQuotaBytes`): 2 GiB.
+pub const DEFAULT_QUOTA_BYTES: u64 = 2 * 1024 * 1024 * 1024;
+
+/// etcd's estimate of what a key's metadata costs (`kvOverhead`).
+pub const KV_OVERHEAD: u64 = 256;
+
+/// etcd's estimate of what a lease costs (`leaseOverhead`).
+pub const LEASE_OVERHEAD: u64 = 64;
+
+/// The space quota checked at the edge before a write that adds data is
+/// proposed (see the module documentation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quota {
+    /// The bytes the retained key history may reach; `None`: no quota.
+    pub max_bytes: Option<u64>,
+}
+
+impl Default for Quota {
+    /// etcd's default: [`DEFAULT_QUOTA_BYTES`].
+    fn default() -> Self {
+        Quota {
+            max_bytes: Some(DEFAULT_QUOTA_BYTES),
+        }
+    }
+}
+
+impl Quota {
+    /// etcd's cost of a put: [`KV_OVERHEAD`] plus its key and value.
+    pub fn put_cost(put: &muster_core::PutRequest) -> u64 {
+        KV_OVERHEAD + put.key.len() as u64 + put.value.len() as u64
+    }
+
+    /// etcd's cost of a txn: the costlier branch's top-level puts (nested
+    /// txns are not counted, as in etcd).
+    pub fn txn_cost(txn: &muster_core::TxnRequest) -> u64 {
+        let branch = |ops: &[RequestOp]| -> u64 {
+            ops.iter()
+                .map(|op| match op {
+                    RequestOp::Put(put) => Quota::put_cost(put),
+                    _ => 0,
+                })
+                .sum()
+        };
+        branch(&txn.success).max(branch(&txn.failure))
+    }
+
+    /// Whether a request costing `cost` fits beside `size` bytes: always
+    /// when it costs nothing or there is no quota, else iff
+    /// `size + cost < max_bytes` (etcd's `backendQuota.Available`).
+    pub fn available(&self, size: u64, cost: u64) -> bool {
+        cost == 0
+            || self
+                .max_bytes
+                .is_none_or(|max| size.saturating_add(cost) < max)
+    }
+
+    /// Lets a request costing `cost` through, or raises this member's
+    /// NOSPACE alarm through the leader (unless this member's store already
+    /// shows it raised) and answers etcd's "database space exceeded".
+    pub async fn check(&self, node: &RaftNode, cost: u64) -> Result<(), Status> {
+        let store = node.state_machine().store();
+        if self.available(store.bytes(), cost) {
+            return Ok(());
+        }
+        let member_id = node.id();
+        if !raised_by(&store, member_id) {
+            tracing::warn!(
+                member = format_args!("{member_id:016x}"),
+                bytes = store.bytes(),
+                cost,
+                quota = ?self.max_bytes,
+                "space quota exceeded: raising the NOSPACE alarm"
+            );
+            let alarm = Command::Alarm {
+                activate: true,
+                member_id,
+                alarm: AlarmType::NoSpace,
+            };
+            // As etcd, the request is refused whether or not the alarm
+            // could be raised.
+            if let Err(status) = crate::server::propose(node, alarm).await {
+                tracing::warn!(%status, "raising the NOSPACE alarm failed");
+            }
+        }
+        Err(core_status(&CoreError::NoSpace))
+    }
+}
+
+/// Whether `store` shows `member_id`'s NOSPACE alarm raised.
+fn raised_by(store: &Store, member_id: u64) -> bool {
+    store
+        .alarms()
+        .any(|a| a.member_id == member_id && a.alarm == AlarmType::NoSpace)
+}
+
 /// Limits checked at the edge.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// Largest request accepted, in bytes (etcd: 1.5 MiB).
     pub max_request_bytes: usize,
@@ -46,16 +169,25 @@ pub struct KvService {
     node: Arc<RaftNode>,
     cluster_id: u64,
     limits: Limits,
+    quota: Quota,
 }
 
 impl KvService {
-    /// A service answering from `node`, a member of cluster `cluster_id`.
+    /// A service answering from `node`, a member of cluster `cluster_id`,
+    /// with etcd's default [`Quota`].
     pub fn new(node: Arc<RaftNode>, cluster_id: u64, limits: Limits) -> Self {
         KvService {
             node,
             cluster_id,
             limits,
+            quota: Quota::default(),
         }
+    }
+
+    /// The same service checking writes against `quota`.
+    pub fn with_quota(mut self, quota: Quota) -> Self {
+        self.quota = quota;
+        self
     }
 
     /// The tonic server for this service, accepting messages a little
@@ -120,6 +252,7 @@ impl Kv for KvService {
         self.check_size(&request)?;
         let put: muster_core::PutRequest = request.into();
         validate::check_put(&put).map_err(|e| core_status(&e))?;
+        self.quota.check(&self.node, Quota::put_cost(&put)).await?;
         let Response::Put(response) = self.write(Command::Put(put)).await? else {
             return Err(Status::internal("a put was answered with another response"));
         };
@@ -168,6 +301,7 @@ impl Kv for KvService {
                 .read_txn(&txn)
                 .map_err(|e| core_status(&e))?
         } else {
+            self.quota.check(&self.node, Quota::txn_cost(&txn)).await?;
             let Response::Txn(response) = self.write(Command::Txn(txn)).await? else {
                 return Err(Status::internal("a txn was answered with another response"));
             };
@@ -192,5 +326,69 @@ impl Kv for KvService {
         Ok(tonic::Response::new(pb::CompactionResponse {
             header: Some(self.header(revision)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use muster_core::{DeleteRangeRequest, PutRequest, RangeRequest, TxnRequest};
+
+    use super::*;
+
+    fn put(key: &str, value_len: usize) -> RequestOp {
+        RequestOp::Put(PutRequest {
+            key: Bytes::from(key.to_owned()),
+            value: Bytes::from(vec![b'v'; value_len]),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn costs_are_etcds() {
+        let RequestOp::Put(one) = put("key", 100) else {
+            unreachable!()
+        };
+        assert_eq!(Quota::put_cost(&one), 256 + 3 + 100);
+        // The costlier branch counts, not both; reads and deletes cost
+        // nothing, nor do puts inside a nested txn.
+        let txn = TxnRequest {
+            compare: Vec::new(),
+            success: vec![put("a", 10), put("b", 10)],
+            failure: vec![
+                put("c", 1000),
+                RequestOp::Range(RangeRequest::default()),
+                RequestOp::DeleteRange(DeleteRangeRequest::default()),
+                RequestOp::Txn(TxnRequest {
+                    success: vec![put("d", 5000)],
+                    ..Default::default()
+                }),
+            ],
+        };
+        assert_eq!(Quota::txn_cost(&txn), 256 + 1 + 1000);
+        let success_costlier = TxnRequest {
+            failure: vec![put("c", 10)],
+            ..txn.clone()
+        };
+        assert_eq!(Quota::txn_cost(&success_costlier), 2 * (256 + 1 + 10));
+        let deletes_only = TxnRequest {
+            success: vec![RequestOp::DeleteRange(DeleteRangeRequest::default())],
+            ..Default::default()
+        };
+        assert_eq!(Quota::txn_cost(&deletes_only), 0);
+    }
+
+    #[test]
+    fn available_iff_size_plus_cost_is_below_the_quota() {
+        let quota = Quota {
+            max_bytes: Some(1000),
+        };
+        assert!(quota.available(600, 399));
+        assert!(!quota.available(600, 400), "etcd: size + cost < quota");
+        assert!(!quota.available(u64::MAX, 1), "no overflow");
+        assert!(quota.available(5000, 0), "what adds nothing passes");
+        let unlimited = Quota { max_bytes: None };
+        assert!(unlimited.available(u64::MAX, u64::MAX));
+        assert_eq!(Quota::default().max_bytes, Some(2 << 30));
     }
 }

@@ -27,6 +27,9 @@
 //!   so a later leader does not restart it from the stale remaining TTL.
 //! - Granted TTLs are at least [`LeaseConfig::min_ttl`] seconds (etcd:
 //!   ceil(1.5 × election timeout)) and at most `MAX_LEASE_TTL`.
+//! - A grant is checked against the space [`Quota`] (cost
+//!   [`crate::kv::LEASE_OVERHEAD`]) before it is proposed, as etcd's
+//!   `quotaLeaseServer` does; revokes, renewals and checkpoints never are.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -42,6 +45,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Status, Streaming};
 
+use crate::kv::{LEASE_OVERHEAD, Quota};
 use crate::status::{core_status, raft_status};
 
 /// Lease checkpoints proposed in one log entry at most.
@@ -261,6 +265,7 @@ impl Lessor {
                 Ok(CommandResult::Applied(_))
                 | Ok(CommandResult::Failed(CoreError::LeaseNotFound)) => {
                     timers.expiries.remove(&id);
+                    crate::metrics::LEASES_EXPIRED.inc();
                     tracing::debug!(lease = id, "lease expired and revoked");
                 }
                 other => {
@@ -356,20 +361,29 @@ pub struct LeaseService {
     node: Arc<RaftNode>,
     cluster_id: u64,
     lessor: Arc<Lessor>,
+    /// Checked before a grant is proposed.
+    quota: Quota,
     /// Becomes `true` when the client API stops: keep-alive streams end.
     stopping: watch::Receiver<bool>,
 }
 
 impl LeaseService {
     /// The service of `node` (member of cluster `cluster_id`) with its
-    /// `lessor`.
+    /// `lessor` and etcd's default [`Quota`].
     pub fn new(node: Arc<RaftNode>, cluster_id: u64, lessor: Arc<Lessor>) -> Self {
         LeaseService {
             node,
             cluster_id,
             lessor,
+            quota: Quota::default(),
             stopping: watch::channel(false).1,
         }
+    }
+
+    /// The same service checking grants against `quota`.
+    pub fn with_quota(mut self, quota: Quota) -> Self {
+        self.quota = quota;
+        self
     }
 
     /// The same service, ending every keep-alive stream once `stopping`
@@ -408,6 +422,7 @@ impl Lease for LeaseService {
             return Err(core_status(&CoreError::LeaseTtlTooLarge));
         }
         let ttl = request.ttl.max(self.lessor.config().min_ttl);
+        self.quota.check(&self.node, LEASE_OVERHEAD).await?;
         let Response::LeaseGrant { revision, id, ttl } = self
             .write(Command::LeaseGrant {
                 id: request.id,
@@ -419,6 +434,7 @@ impl Lease for LeaseService {
                 "a grant was answered with another response",
             ));
         };
+        crate::metrics::LEASES_GRANTED.inc();
         Ok(tonic::Response::new(pb::LeaseGrantResponse {
             header: Some(self.header(revision)),
             id,
@@ -438,6 +454,7 @@ impl Lease for LeaseService {
                 "a revoke was answered with another response",
             ));
         };
+        crate::metrics::LEASES_REVOKED.inc();
         Ok(tonic::Response::new(pb::LeaseRevokeResponse {
             header: Some(self.header(revision)),
         }))
@@ -467,7 +484,10 @@ impl Lease for LeaseService {
                 };
                 let answer = service.node.lease(LeaseOp::Renew { id: request.id }).await;
                 let response = match answer {
-                    Ok(LeaseAnswer::Renewed { ttl }) => Ok(ttl),
+                    Ok(LeaseAnswer::Renewed { ttl }) => {
+                        crate::metrics::LEASES_RENEWED.inc();
+                        Ok(ttl)
+                    }
                     Ok(_) => Ok(0),
                     Err(error) => Err(raft_status(&error)),
                 };

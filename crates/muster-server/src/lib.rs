@@ -4,18 +4,20 @@
 //! validation, member and cluster IDs), its identity on disk ([`identity`]:
 //! a restart rejoins, another cluster's data dir is refused), the etcd
 //! `KV` service ([`kv`]) with etcd's errors ([`status`]), the `Watch`
-//! service ([`watch`]), leases ([`lease`]), the `Maintenance` service ([`maintenance`]), the
-//! `Auth` service answering unimplemented ([`auth`]) and the gRPC health
-//! service ([`health`]), all of it served together by [`server::ClientApi`].
-//! The lessor and the other services come with the rest of the API work.
+//! service ([`watch`]), leases ([`lease`]), the `Cluster` service
+//! ([`cluster`]), the `Maintenance` service ([`maintenance`]), the `Auth`
+//! service answering unimplemented ([`auth`]) and the gRPC health service
+//! ([`health`]), all of it served together by [`server::ClientApi`].
 
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod health;
 pub mod identity;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
+pub mod metrics;
 pub mod server;
 pub mod status;
 pub mod watch;

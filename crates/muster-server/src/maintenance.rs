@@ -1,11 +1,31 @@
 //! The etcd v3 `Maintenance` service of one member: Status, HashKV, Hash,
-//! Snapshot, MoveLeader and Defragment (Alarm and Downgrade answer
-//! partially, see below).
+//! Snapshot, MoveLeader, Defragment and Alarm (Downgrade answers
+//! unimplemented).
 //!
-//! Every RPC but MoveLeader answers from *this* member, as etcd's do: its
-//! Raft metrics, its applied store, its data directory. Nothing here goes
-//! through the log, and no read barrier is taken (a maintenance view of one
-//! member is what a caller asks for, as with etcd).
+//! Every RPC but MoveLeader and Alarm answers from *this* member, as etcd's
+//! do: its Raft metrics, its applied store, its data directory. None of
+//! them goes through the log or takes a read barrier (a maintenance view of
+//! one member is what a caller asks for, as with etcd).
+//!
+//! Alarms are cluster state, replicated like keys
+//! ([`muster_core::Command::Alarm`]): `GET` reads them after a read
+//! barrier (etcd sends it through Raft), `ACTIVATE` and `DEACTIVATE` are
+//! proposed through the leader from any member. The answers are etcd 3.5's
+//! applier's:
+//!
+//! ```text
+//!   GET         alarm NONE: every raised alarm; else those of that type
+//!               (the member ID is not a filter, as in etcd's alarm store)
+//!   ACTIVATE    alarm NONE: nothing, no proposal; an unknown type is
+//!               refused (etcd 3.5 panics); else the alarm, raised now or
+//!               already
+//!   DEACTIVATE  the alarm if it was raised, else nothing (NONE and
+//!               unknown types were never raised: no proposal)
+//! ```
+//!
+//! `Status.errors` lists every raised alarm as etcd prints an
+//! `AlarmMember`: `"memberID:<decimal ID> alarm:NOSPACE "`, with the
+//! trailing space of Go's compact protobuf text format.
 //!
 //! Invariants:
 //!
@@ -51,10 +71,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use muster_core::Store;
+use muster_core::{AlarmMember, AlarmType, Command, Store};
 use muster_proto::etcdserverpb as pb;
 use muster_proto::etcdserverpb::maintenance_server::{Maintenance, MaintenanceServer};
-use muster_raft::{LogId, MoveLeaderError, REQUEST_TIMEOUT, RaftNode};
+use muster_raft::{CommandResult, LogId, MoveLeaderError, REQUEST_TIMEOUT, RaftNode};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -63,7 +83,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
-use crate::status::{NO_LEADER, TIMEOUT, core_status};
+use crate::status::{NO_LEADER, TIMEOUT, core_status, raft_status};
 
 /// The etcd API version muster implements, reported by `Status`.
 pub const VERSION: &str = "3.5.0";
@@ -170,6 +190,50 @@ impl MaintenanceService {
         .await
         .map_err(|e| Status::internal(format!("measuring the data dir: {e}")))?
     }
+
+    /// Proposes raising (`activate`) or clearing `member_id`'s `alarm`
+    /// through the leader, waiting at most `within`; the alarms that
+    /// changed.
+    async fn propose_alarm(
+        &self,
+        activate: bool,
+        member_id: u64,
+        alarm: AlarmType,
+        within: Duration,
+    ) -> Result<Vec<AlarmMember>, Status> {
+        let command = Command::Alarm {
+            activate,
+            member_id,
+            alarm,
+        };
+        let applied = self
+            .node
+            .submit_within(command, within)
+            .await
+            .map_err(|e| raft_status(&e))?;
+        let response = match applied {
+            CommandResult::Applied(response) => response,
+            CommandResult::Failed(error) => return Err(core_status(&error)),
+            CommandResult::Noop => {
+                return Err(Status::internal("an alarm was applied as a no-op"));
+            }
+        };
+        match response {
+            muster_core::Response::Alarm { changed, .. } => {
+                tracing::info!(
+                    member = format_args!("{member_id:016x}"),
+                    alarm = alarm_name(alarm),
+                    activate,
+                    changed = !changed.is_empty(),
+                    "alarm proposed"
+                );
+                Ok(changed)
+            }
+            _ => Err(Status::internal(
+                "an alarm was answered with another response",
+            )),
+        }
+    }
 }
 
 /// Encodes `store` into nothing, keeping its length and checksum.
@@ -242,6 +306,32 @@ fn client_timeout(metadata: &MetadataMap) -> Option<Duration> {
         b'n' => Duration::from_nanos(n),
         _ => return None,
     })
+}
+
+/// etcd's name of an alarm type (its `AlarmType` enum's).
+fn alarm_name(alarm: AlarmType) -> &'static str {
+    match alarm {
+        AlarmType::NoSpace => "NOSPACE",
+        AlarmType::Corrupt => "CORRUPT",
+    }
+}
+
+/// A raised alarm on the wire.
+fn alarm_member(alarm: AlarmMember) -> pb::AlarmMember {
+    pb::AlarmMember {
+        member_id: alarm.member_id,
+        alarm: alarm.alarm.number(),
+    }
+}
+
+/// A raised alarm as etcd lists it in `StatusResponse.errors`: Go's
+/// compact protobuf text of the `AlarmMember`, trailing space included.
+fn alarm_error(alarm: AlarmMember) -> String {
+    format!(
+        "memberID:{} alarm:{} ",
+        alarm.member_id,
+        alarm_name(alarm.alarm)
+    )
 }
 
 /// The status etcd answers when a leader transfer fails.
@@ -364,28 +454,69 @@ pub type SnapshotStream =
 
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
-    /// Alarms belong to the quota work, which is not done yet: `GET` lists
-    /// no alarm (so `etcdctl endpoint health` and `alarm list` work), while
-    /// raising or clearing one is refused as unimplemented.
+    /// Lists, raises or clears alarms as etcd 3.5 does (see the module
+    /// documentation); raising NOSPACE refuses writes that add data on
+    /// every member until it is cleared.
     async fn alarm(
         &self,
         request: Request<pb::AlarmRequest>,
     ) -> Result<Response<pb::AlarmResponse>, Status> {
         use pb::alarm_request::AlarmAction;
+        let within = budget(request.metadata(), REQUEST_TIMEOUT);
         let request = request.into_inner();
-        match AlarmAction::try_from(request.action) {
-            Ok(AlarmAction::Get) => Ok(Response::new(pb::AlarmResponse {
-                header: Some(self.header(self.node.state_machine().store().revision())),
-                alarms: Vec::new(),
-            })),
-            Ok(AlarmAction::Activate | AlarmAction::Deactivate) => Err(Status::unimplemented(
-                "muster: raising and clearing alarms is not supported yet",
-            )),
-            Err(_) => Err(Status::invalid_argument(format!(
-                "muster: unknown alarm action {}",
-                request.action
-            ))),
-        }
+        let action = AlarmAction::try_from(request.action).map_err(|_| {
+            Status::invalid_argument(format!("muster: unknown alarm action {}", request.action))
+        })?;
+        let alarms = match action {
+            AlarmAction::Get => {
+                self.node
+                    .read_barrier_within(within)
+                    .await
+                    .map_err(|e| raft_status(&e))?;
+                let store = self.node.state_machine().store();
+                let alarms = store
+                    .alarms()
+                    .filter(|a| {
+                        request.alarm == pb::AlarmType::None as i32
+                            || a.alarm.number() == request.alarm
+                    })
+                    .map(alarm_member)
+                    .collect();
+                return Ok(Response::new(pb::AlarmResponse {
+                    header: Some(self.header(store.revision())),
+                    alarms,
+                }));
+            }
+            AlarmAction::Activate if request.alarm == pb::AlarmType::None as i32 => Vec::new(),
+            AlarmAction::Activate => {
+                let alarm = AlarmType::from_number(request.alarm).ok_or_else(|| {
+                    Status::invalid_argument(format!(
+                        "muster: unknown alarm type {}",
+                        request.alarm
+                    ))
+                })?;
+                self.propose_alarm(true, request.member_id, alarm, within)
+                    .await?;
+                // etcd answers the alarm whether it was raised now or before.
+                vec![alarm_member(AlarmMember {
+                    member_id: request.member_id,
+                    alarm,
+                })]
+            }
+            AlarmAction::Deactivate => match AlarmType::from_number(request.alarm) {
+                None => Vec::new(),
+                Some(alarm) => self
+                    .propose_alarm(false, request.member_id, alarm, within)
+                    .await?
+                    .into_iter()
+                    .map(alarm_member)
+                    .collect(),
+            },
+        };
+        Ok(Response::new(pb::AlarmResponse {
+            header: Some(self.header(self.node.state_machine().store().revision())),
+            alarms,
+        }))
     }
 
     /// This member's view: etcd's fields, with `raft_index` the last log
@@ -393,7 +524,8 @@ impl Maintenance for MaintenanceService {
     /// it is at least the applied index), `db_size` the bytes of the sled
     /// log and snapshot files, and `db_size_in_use` the length of a
     /// snapshot of the current state (at most `db_size`). As in etcd,
-    /// `errors` holds "etcdserver: no leader" while no leader is known.
+    /// `errors` holds "etcdserver: no leader" while no leader is known,
+    /// then every alarm this member's store shows raised.
     async fn status(
         &self,
         _request: Request<pb::StatusRequest>,
@@ -409,11 +541,12 @@ impl Maintenance for MaintenanceService {
             .learner_ids()
             .any(|id| id == self.node.id());
         let raft_applied_index = metrics.last_applied.map_or(0, |log_id| log_id.index);
-        let errors = if leader == 0 {
+        let mut errors = if leader == 0 {
             vec![NO_LEADER.to_owned()]
         } else {
             Vec::new()
         };
+        errors.extend(store.alarms().map(alarm_error));
         let db_size = i64::try_from(db_size).unwrap_or(i64::MAX);
         Ok(Response::new(pb::StatusResponse {
             header: Some(pb::ResponseHeader {
@@ -688,6 +821,31 @@ mod tests {
         store.write_snapshot(&mut out).expect("fits in one chunk");
         let error = out.finish().expect_err("nobody reads");
         assert_eq!(error.kind(), io::ErrorKind::BrokenPipe);
+    }
+
+    #[test]
+    fn alarms_print_as_etcds_status_errors() {
+        // As etcd 3.4.23 prints it in `etcdctl endpoint status`.
+        let alarm = AlarmMember {
+            member_id: 3_319_814_642_761_637_952,
+            alarm: AlarmType::NoSpace,
+        };
+        assert_eq!(
+            alarm_error(alarm),
+            "memberID:3319814642761637952 alarm:NOSPACE "
+        );
+        let corrupt = AlarmMember {
+            member_id: 7,
+            alarm: AlarmType::Corrupt,
+        };
+        assert_eq!(alarm_error(corrupt), "memberID:7 alarm:CORRUPT ");
+        assert_eq!(
+            alarm_member(corrupt),
+            pb::AlarmMember {
+                member_id: 7,
+                alarm: pb::AlarmType::Corrupt as i32,
+            }
+        );
     }
 
     #[test]

@@ -32,8 +32,9 @@ use crate::status::{core_status, raft_status};
 use tokio::net::TcpListener;
 
 use crate::auth::AuthService;
+use crate::cluster::{ClusterService, MemberAttributes, publish};
 use crate::health::HealthService;
-use crate::kv::{KvService, Limits};
+use crate::kv::{KvService, Limits, Quota};
 use crate::lease::{LeaseConfig, LeaseService, Lessor};
 use crate::maintenance::MaintenanceService;
 use crate::watch::{WatchConfig, WatchService};
@@ -44,8 +45,12 @@ pub struct ClientApi {
     node: Arc<RaftNode>,
     cluster_id: u64,
     limits: Limits,
+    /// The space quota checked before writes that add data.
+    quota: Quota,
     watch: WatchConfig,
     lease: LeaseConfig,
+    /// What this member publishes about itself when it serves.
+    attributes: Option<MemberAttributes>,
     /// Flipped to `true` when [`ClientApi::serve`] is told to stop, so that
     /// long-lived streams (watches) end and the server can drain.
     stopping: Arc<tokio::sync::watch::Sender<bool>>,
@@ -53,17 +58,19 @@ pub struct ClientApi {
 
 impl ClientApi {
     /// The client API of `node`, a member of cluster `cluster_id`, with
-    /// `limits` checked at the edge.
+    /// `limits` and etcd's default space quota (2 GiB) checked at the edge.
     pub fn new(node: Arc<RaftNode>, cluster_id: u64, limits: Limits) -> Self {
         ClientApi {
             node,
             cluster_id,
             limits,
+            quota: Quota::default(),
             watch: WatchConfig {
                 max_response_bytes: limits.max_request_bytes,
                 ..WatchConfig::default()
             },
             lease: LeaseConfig::for_election_timeout(WatchConfig::default().election_timeout),
+            attributes: None,
             stopping: Arc::new(tokio::sync::watch::channel(false).0),
         }
     }
@@ -74,6 +81,14 @@ impl ClientApi {
     pub fn with_election_timeout(mut self, election_timeout: std::time::Duration) -> Self {
         self.watch.election_timeout = election_timeout;
         self.lease = LeaseConfig::for_election_timeout(election_timeout);
+        self
+    }
+
+    /// The same API with a space quota of `max_bytes` (`None`: no quota),
+    /// checked before puts, txns with puts and lease grants are proposed
+    /// (etcd's `--quota-backend-bytes`; see [`crate::kv`]).
+    pub fn with_quota(mut self, max_bytes: Option<u64>) -> Self {
+        self.quota = Quota { max_bytes };
         self
     }
 
@@ -89,20 +104,37 @@ impl ClientApi {
         self
     }
 
+    /// The same API publishing `attributes` (name, peer and client URLs)
+    /// through Raft once it serves, so `MemberList` shows this member as
+    /// started (see [`crate::cluster::publish`]).
+    pub fn with_member_attributes(mut self, attributes: MemberAttributes) -> Self {
+        self.attributes = Some(attributes);
+        self
+    }
+
     /// The tonic router with every service added, leases kept by `lessor`.
-    fn router(&self, lessor: Arc<Lessor>) -> tonic::transport::server::Router {
+    fn router(
+        &self,
+        lessor: Arc<Lessor>,
+    ) -> tonic::transport::server::Router<
+        tower::layer::util::Stack<crate::metrics::GrpcMetricsLayer, tower::layer::util::Identity>,
+    > {
         let lease = LeaseService::new(Arc::clone(&self.node), self.cluster_id, lessor)
+            .with_quota(self.quota)
             .stopping_on(self.stopping.subscribe());
-        let kv = KvService::new(Arc::clone(&self.node), self.cluster_id, self.limits);
+        let kv = KvService::new(Arc::clone(&self.node), self.cluster_id, self.limits)
+            .with_quota(self.quota);
         let watch = WatchService::new(Arc::clone(&self.node), self.cluster_id, self.watch)
             .stopping_on(self.stopping.subscribe());
         tonic::transport::Server::builder()
+            .layer(crate::metrics::GrpcMetricsLayer)
             .add_service(kv.into_server())
             .add_service(watch.into_server())
             .add_service(lease.into_server())
             .add_service(
                 MaintenanceService::new(Arc::clone(&self.node), self.cluster_id).into_server(),
             )
+            .add_service(ClusterService::new(Arc::clone(&self.node), self.cluster_id).into_server())
             .add_service(AuthService::new().into_server())
             .add_service(
                 HealthService::new(&self.node)
@@ -122,19 +154,26 @@ impl ClientApi {
         let stopping = Arc::clone(&self.stopping);
         let lessor = Lessor::new(Arc::clone(&self.node), self.lease);
         let lessor_task = tokio::spawn(Arc::clone(&lessor).run(self.stopping.subscribe()));
+        let publisher = self.attributes.clone().map(|attributes| {
+            tokio::spawn(publish(
+                Arc::clone(&self.node),
+                attributes,
+                self.stopping.subscribe(),
+            ))
+        });
         let served = self
             .router(lessor)
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                async move {
-                    shutdown.await;
-                    stopping.send_replace(true);
-                },
-            )
+            .serve_with_incoming_shutdown(muster_raft::accept_nodelay(listener), async move {
+                shutdown.await;
+                stopping.send_replace(true);
+            })
             .await;
         // The lessor holds the node: it is gone when this returns.
         self.stopping.send_replace(true);
         let _ = lessor_task.await;
+        if let Some(publisher) = publisher {
+            let _ = publisher.await;
+        }
         served
     }
 }

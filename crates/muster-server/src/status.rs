@@ -28,6 +28,7 @@ pub fn core_status(error: &CoreError) -> Status {
         }
         CoreError::LeaseNotFound => Code::NotFound,
         CoreError::LeaseExists => Code::FailedPrecondition,
+        CoreError::NoSpace => Code::ResourceExhausted,
         CoreError::CorruptSnapshot(_) => Code::Internal,
     };
     Status::new(code, error.to_string())
@@ -87,6 +88,11 @@ mod tests {
                 CoreError::DuplicateKey,
                 Code::InvalidArgument,
                 "etcdserver: duplicate key given in txn request",
+            ),
+            (
+                CoreError::NoSpace,
+                Code::ResourceExhausted,
+                "etcdserver: mvcc: database space exceeded",
             ),
             (
                 CoreError::TooManyOps,

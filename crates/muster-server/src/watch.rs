@@ -55,6 +55,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::metrics;
 use crate::status::NO_LEADER;
 
 /// etcd's reason for a watch on an empty range.
@@ -227,6 +228,42 @@ struct WatchStream {
     responses: mpsc::Sender<Result<pb::WatchResponse, Status>>,
 }
 
+/// Counts an open watch stream in [`metrics::WATCH_STREAMS`] while it lives.
+struct OpenStream;
+
+impl OpenStream {
+    fn count() -> Self {
+        metrics::WATCH_STREAMS.inc();
+        OpenStream
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        metrics::WATCH_STREAMS.dec();
+    }
+}
+
+/// This stream's share of [`metrics::WATCHERS`], withdrawn when it ends.
+#[derive(Default)]
+struct WatcherGauge {
+    reported: i64,
+}
+
+impl WatcherGauge {
+    fn set(&mut self, watchers: usize) {
+        let now = i64::try_from(watchers).unwrap_or(i64::MAX);
+        metrics::WATCHERS.add(now - self.reported);
+        self.reported = now;
+    }
+}
+
+impl Drop for WatcherGauge {
+    fn drop(&mut self) {
+        metrics::WATCHERS.sub(self.reported);
+    }
+}
+
 impl WatchStream {
     async fn run(
         mut self,
@@ -244,7 +281,10 @@ impl WatchStream {
         let mut leader_check = tokio::time::interval(leader_check_every);
         leader_check.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut leaderless_since: Option<Instant> = None;
+        let _stream = OpenStream::count();
+        let mut watchers = WatcherGauge::default();
         loop {
+            watchers.set(self.watchers.len());
             if *stopping.borrow_and_update() || self.catch_up().await.is_err() {
                 return;
             }
@@ -258,6 +298,7 @@ impl WatchStream {
                 applied = events.recv() => match applied {
                     Ok(applied) => self.deliver(&applied).await,
                     Err(broadcast::error::RecvError::Lagged(_)) => {
+                        metrics::SLOW_WATCHERS.inc_by(self.watchers.len() as u64);
                         self.unsync_all();
                         Ok(())
                     }

@@ -15,57 +15,78 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Parser as _;
 use muster_raft::{RaftNode, RaftNodeConfig};
-use muster_server::config::{ClusterState, Member, MemberConfig};
+use muster_server::cluster::MemberAttributes;
+use muster_server::config::{ClusterState, LogFormat, Member, MemberConfig};
 use muster_server::identity::{self, Identity, Startup};
-use muster_server::kv::Limits;
 use muster_server::server::ClientApi;
 use openraft::BasicNode;
 use tokio::net::TcpListener;
 
-/// The log filter when `RUST_LOG` is not set. openraft logs a warning, and
-/// in replication an error, for every failed send to a member that is down
-/// (twice a second per peer); the peer transport logs that member going
-/// down and coming back once each instead.
-const DEFAULT_LOG_FILTER: &str = "info,openraft=error,openraft::replication=off,sled=warn";
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER)),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    let member = MemberConfig::parse().validate()?;
+    let config = MemberConfig::parse();
+    // `RUST_LOG`, when set, is a full filter; otherwise `--log-level`
+    // chooses one (see `LogLevel::filter`).
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(config.log_level.filter()));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => logs.json().init(),
+    }
+    let member = config.validate()?;
     run(member).await
 }
 
 async fn run(member: Member) -> anyhow::Result<()> {
     let shutdown = Shutdown::install().context("installing signal handlers")?;
-    let identity = Identity {
-        cluster_id: member.cluster_id,
-        member_id: member.id,
-        name: member.name.clone(),
+    let own_peer_urls: Vec<String> = member
+        .initial_members
+        .values()
+        .find(|m| m.name == member.name)
+        .map(|m| m.peer_urls.iter().map(|u| u.url.clone()).collect())
+        .unwrap_or_default();
+    let identity = match member.cluster_state {
+        ClusterState::New => Identity {
+            cluster_id: member.cluster_id,
+            member_id: member.id,
+            name: member.name.clone(),
+        },
+        ClusterState::Existing => match identity::read(&member.data_dir)? {
+            Some(found) => found,
+            None => join(&member, &own_peer_urls).await?,
+        },
     };
     let startup = identity::check_or_create(&member.data_dir, &identity)?;
+    let (member_id, cluster_id) = (identity.member_id, identity.cluster_id);
 
     let peer_url = &member.listen_peer_urls[0];
     let listener = TcpListener::bind(&peer_url.authority)
         .await
         .with_context(|| format!("--listen-peer-urls: cannot listen on {}", peer_url.url))?;
+    let mut metrics_listeners = Vec::new();
+    for url in &member.listen_metrics_urls {
+        let listener = TcpListener::bind(&url.authority)
+            .await
+            .with_context(|| format!("--listen-metrics-urls: cannot listen on {}", url.url))?;
+        metrics_listeners.push(listener);
+    }
     let client_url = &member.listen_client_urls[0];
     let client_listener = TcpListener::bind(&client_url.authority)
         .await
         .with_context(|| format!("--listen-client-urls: cannot listen on {}", client_url.url))?;
     let node = RaftNode::start(
         RaftNodeConfig {
-            id: member.id,
+            id: member_id,
             data_dir: member.data_dir.clone(),
             heartbeat_ms: member.heartbeat_ms,
             election_timeout_ms: member.election_timeout_ms,
             snapshot_logs: member.snapshot_count,
+            cluster_id,
         },
         listener,
     )
@@ -90,8 +111,8 @@ async fn run(member: Member) -> anyhow::Result<()> {
     }
     tracing::info!(
         name = %member.name,
-        member = format_args!("{:016x}", member.id),
-        cluster = format_args!("{:016x}", member.cluster_id),
+        member = format_args!("{member_id:016x}"),
+        cluster = format_args!("{cluster_id:016x}"),
         peers = %peer_url.url,
         clients = %client_url.url,
         data_dir = %member.data_dir.display(),
@@ -99,16 +120,40 @@ async fn run(member: Member) -> anyhow::Result<()> {
         "member started"
     );
 
-    let leader_log = tokio::spawn(log_leader_changes(node.raft().metrics(), member.id));
+    let leader_log = tokio::spawn(log_leader_changes(node.raft().metrics(), member_id));
+    let (stop_metrics, metrics_stopping) = tokio::sync::watch::channel(false);
+    muster_server::metrics::register();
+    for listener in metrics_listeners {
+        tokio::spawn(muster_server::metrics::serve(
+            listener,
+            Arc::clone(&node),
+            metrics_stopping.clone(),
+        ));
+    }
     let (stop_clients, clients_stopped) = tokio::sync::oneshot::channel::<()>();
-    let api = ClientApi::new(Arc::clone(&node), member.cluster_id, Limits::default())
-        .with_election_timeout(std::time::Duration::from_millis(member.election_timeout_ms));
+    let mut client_urls: Vec<String> = member
+        .advertise_client_urls
+        .iter()
+        .map(|u| u.url.clone())
+        .collect();
+    client_urls.sort();
+    client_urls.dedup();
+    let attributes = MemberAttributes {
+        name: member.name.clone(),
+        peer_urls: own_peer_urls,
+        client_urls,
+    };
+    let api = ClientApi::new(Arc::clone(&node), cluster_id, member.limits)
+        .with_member_attributes(attributes)
+        .with_election_timeout(std::time::Duration::from_millis(member.election_timeout_ms))
+        .with_quota(member.quota_backend_bytes);
     let client_api = tokio::spawn(api.serve(client_listener, async {
         let _ = clients_stopped.await;
     }));
 
     shutdown.wait().await;
     leader_log.abort();
+    stop_metrics.send_replace(true);
     let _ = stop_clients.send(());
     match tokio::time::timeout(std::time::Duration::from_secs(5), client_api).await {
         Ok(Ok(Ok(()))) => {}
@@ -128,6 +173,72 @@ async fn run(member: Member) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     node.shutdown().await.context("shutting down")?;
     Ok(())
+}
+
+/// How long a member joining an existing cluster keeps asking the other
+/// `--initial-cluster` members for the member list.
+const JOIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The identity of a member joining an existing cluster on its first
+/// start: the cluster's ID, and the ID `member add` gave the member with
+/// these peer URLs, from the first other `--initial-cluster` member that
+/// answers.
+async fn join(member: &Member, own_peer_urls: &[String]) -> anyhow::Result<Identity> {
+    let peers: Vec<&str> = member
+        .initial_members
+        .values()
+        .filter(|m| m.name != member.name)
+        .flat_map(|m| m.peer_urls.iter().map(|u| u.authority.as_str()))
+        .collect();
+    anyhow::ensure!(
+        !peers.is_empty(),
+        "--initial-cluster-state existing: --initial-cluster names no other member to join"
+    );
+    let deadline = tokio::time::Instant::now() + JOIN_TIMEOUT;
+    let mut last_error = String::new();
+    while tokio::time::Instant::now() < deadline {
+        for addr in &peers {
+            let directory =
+                match muster_raft::fetch_directory(addr, std::time::Duration::from_secs(2)).await {
+                    Ok(directory) => directory,
+                    Err(e) => {
+                        last_error = e.to_string();
+                        continue;
+                    }
+                };
+            let Some(entry) = directory
+                .members
+                .iter()
+                .find(|m| m.peer_urls == own_peer_urls)
+            else {
+                anyhow::bail!(
+                    "--initial-cluster-state existing: the cluster (asked at {addr}) has no member with peer URLs {own_peer_urls:?}; \
+                     add this member first: etcdctl member add {} --peer-urls={}",
+                    member.name,
+                    own_peer_urls.join(",")
+                );
+            };
+            anyhow::ensure!(
+                directory.cluster_id != 0,
+                "--initial-cluster-state existing: the member at {addr} does not know its cluster's ID"
+            );
+            tracing::info!(
+                member = format_args!("{:016x}", entry.id),
+                cluster = format_args!("{:016x}", directory.cluster_id),
+                via = %addr,
+                "joining an existing cluster"
+            );
+            return Ok(Identity {
+                cluster_id: directory.cluster_id,
+                member_id: entry.id,
+                name: member.name.clone(),
+            });
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    anyhow::bail!(
+        "--initial-cluster-state existing: no other --initial-cluster member answered within {JOIN_TIMEOUT:?} (last error: {last_error})"
+    )
 }
 
 /// Bootstraps a new cluster of `members` from this fresh member.

@@ -1,0 +1,50 @@
+//! Helpers shared by the process tests: free loopback ports and `muster`
+//! processes whose log lines are forwarded to the test.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+
+/// A loopback port that was free a moment ago.
+pub(crate) fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// The `muster` binary with `args`: its log (stderr) piped, `info` level.
+pub(crate) fn muster(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_muster"));
+    cmd.args(args)
+        // Tests run members side by side: each gets its own metrics port
+        // unless a test names one (the flag wins over the variable).
+        .env(
+            "MUSTER_LISTEN_METRICS_URLS",
+            format!("http://127.0.0.1:{}", free_port()),
+        )
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// Spawns member `i` with `args`, its log lines going to `lines`.
+pub(crate) fn spawn_member(
+    i: usize,
+    args: &[String],
+    lines: &mpsc::Sender<(usize, String)>,
+) -> Child {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut child = muster(&args).spawn().expect("spawn muster");
+    let stderr = child.stderr.take().expect("stderr");
+    let lines = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = lines.send((i, line));
+        }
+    });
+    child
+}
