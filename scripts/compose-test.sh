@@ -250,6 +250,18 @@ dc_quiet 3 up -d || die "compose up of the 3-member cluster did not succeed"
 wait_ready 3 120 "3-member start"
 say "time from 'up' to ready: $(secs $(($(now_ms) - start))) s"
 
+# musterctl, from inside the image, over the three members' own addresses:
+# one table row per member and exactly one leader.
+members3="http://$subnet.11:2379,http://$subnet.12:2379,http://$subnet.13:2379"
+table=$(dc 3 exec -T m1 \
+    /musterctl --endpoints "$members3" endpoint status -w table) ||
+    die "musterctl endpoint status -w table failed inside m1"
+echo "$table" >&2
+rows=$(awk -F'|' '$2 ~ /http:/' <<<"$table" | wc -l)
+leaders=$(awk -F'|' '$2 ~ /http:/ { gsub(/ /, "", $6); if ($6 == "true") n++ } END { print n + 0 }' <<<"$table")
+[ "$rows" -eq 3 ] && [ "$leaders" -eq 1 ] ||
+    die "musterctl endpoint status: $rows rows and $leaders leaders, expected 3 and 1"
+
 for i in $(seq 1 100); do
     put_retrying "/compose-test/before/$(printf %03d "$i")" "b$i" >/dev/null ||
         die "write $i before the restarts did not succeed"

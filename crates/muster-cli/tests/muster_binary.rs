@@ -9,7 +9,7 @@ use std::time::Duration;
 
 mod common;
 
-use common::{free_port, muster, spawn_member};
+use common::{free_port, is_started_line, muster, spawn_member};
 
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -37,8 +37,34 @@ fn single(name: &str, data_dir: &Path, token: &str) -> Vec<String> {
     ]
 }
 
+/// A member process, killed (and reaped) when dropped, so a failing test
+/// leaves no member behind.
+struct Proc(Child);
+
+impl std::ops::Deref for Proc {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Proc {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Starts the binary and waits for "member started" on its log.
-fn start(args: &[String]) -> Child {
+fn start(args: &[String]) -> Proc {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut child = muster(&args).spawn().expect("spawn muster");
     let stderr = child.stderr.take().expect("stderr");
@@ -46,7 +72,7 @@ fn start(args: &[String]) -> Child {
     std::thread::spawn(move || {
         let mut started = Some(started);
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("member started")
+            if is_started_line(&line)
                 && let Some(tx) = started.take()
             {
                 let _ = tx.send(());
@@ -57,11 +83,11 @@ fn start(args: &[String]) -> Child {
         let _ = child.kill();
         panic!("muster did not report 'member started' within {START_TIMEOUT:?}");
     }
-    child
+    Proc(child)
 }
 
 /// Sends SIGTERM and waits (bounded) for a clean exit.
-fn terminate(mut child: Child) {
+fn terminate(mut child: Proc) {
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -154,7 +180,7 @@ fn field<'l>(line: &'l str, key: &str) -> Option<&'l str> {
 
 /// Spawned members of one cluster, their client URLs, and their log lines.
 struct Spawned {
-    children: Vec<Child>,
+    children: Vec<Proc>,
     clients: Vec<String>,
     log: mpsc::Receiver<(usize, String)>,
     spawned_at: std::time::Instant,
@@ -166,7 +192,7 @@ struct Spawned {
 impl Spawned {
     /// Restarts member `i` (already stopped) with its original flags.
     fn restart(&mut self, i: usize) {
-        self.children[i] = spawn_member(i, &self.args[i], &self.lines);
+        self.children[i] = Proc(spawn_member(i, &self.args[i], &self.lines));
     }
 }
 
@@ -214,7 +240,7 @@ fn spawn_cluster(dir: &Path, size: usize, token: &str) -> Spawned {
     let children = args
         .iter()
         .enumerate()
-        .map(|(i, a)| spawn_member(i, a, &lines))
+        .map(|(i, a)| Proc(spawn_member(i, a, &lines)))
         .collect();
     Spawned {
         children,
@@ -254,7 +280,7 @@ fn first_leader(
             .expect("members start and agree on a leader");
         // The binary's own start line carries ` member=<id>` (the Raft
         // layer logs a start line of its own without it).
-        if line.contains("member started")
+        if is_started_line(&line)
             && let Some(id) = field(&line, "member")
         {
             member_of.insert(id.to_string(), i);
@@ -729,40 +755,116 @@ fn etcdctl_member_add_and_a_joining_member_grow_the_cluster() {
     terminate(m1);
 }
 
+/// Spawns `cmd` and returns it with its "member started" log line; every
+/// line before it must satisfy `each`.
+fn started_line(mut cmd: Command, each: impl Fn(&str)) -> (Proc, String) {
+    let mut child = Proc(cmd.spawn().expect("spawn muster"));
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        // Keeps draining after the test stops listening, so the member
+        // never writes its log into a closed pipe.
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = std::time::Instant::now() + START_TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let Ok(line) = lines.recv_timeout(left) else {
+            let _ = child.kill();
+            panic!("no 'member started' line within {START_TIMEOUT:?}");
+        };
+        each(&line);
+        if is_started_line(&line) {
+            return (child, line);
+        }
+    }
+}
+
+fn assert_json(line: &str) {
+    assert!(
+        line.starts_with('{') && line.ends_with('}'),
+        "not a JSON object: {line}"
+    );
+}
+
 #[test]
 fn log_format_json_writes_one_object_per_line() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut args = single("m1", &dir.path().join("m1"), "json");
     args.extend(["--log-format".to_string(), "json".to_string()]);
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut child = muster(&argv).spawn().expect("spawn muster");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    let deadline = std::time::Instant::now() + START_TIMEOUT;
-    let started = loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let Ok(line) = lines.recv_timeout(left) else {
-            let _ = child.kill();
-            panic!("no 'member started' line within {START_TIMEOUT:?}");
-        };
-        assert!(
-            line.starts_with('{') && line.ends_with('}'),
-            "not a JSON object: {line}"
-        );
-        if line.contains("\"message\":\"member started\"") {
-            break line;
-        }
-    };
+    let (child, started) = started_line(muster(&argv), assert_json);
+    assert!(
+        started.contains("\"message\":\"member started\""),
+        "{started}"
+    );
     assert!(started.contains("\"level\":\"INFO\""), "{started}");
     assert!(started.contains("\"name\":\"m1\""), "{started}");
     terminate(child);
+}
+
+#[test]
+fn a_config_file_configures_the_member_below_variables_and_flags() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // The settings of `single`, as a TOML file keyed by flag name.
+    let args = single("from-file", &dir.path().join("m1"), "config-file");
+    let mut toml: String = args
+        .chunks(2)
+        .map(|kv| {
+            let key = kv[0].trim_start_matches("--");
+            format!("{key} = {:?}\n", kv[1])
+        })
+        .collect();
+    toml.push_str("log-format = \"json\"\nheartbeat-interval = 50\nelection-timeout = 500\n");
+    let file = dir.path().join("muster.toml");
+    std::fs::write(&file, toml).expect("write config");
+    let file = file.display().to_string();
+
+    // The file alone: its name, URLs and log format.
+    let (child, started) = started_line(muster(&["--config", &file]), assert_json);
+    assert!(started.contains("\"name\":\"from-file\""), "{started}");
+    terminate(child);
+
+    // A variable wins over the file, and a flag over the variable.
+    let mut cmd = muster(&[]);
+    cmd.env("MUSTER_CONFIG", &file)
+        .env("MUSTER_LOG_FORMAT", "text");
+    let (child, started) = started_line(cmd, |line| {
+        assert!(!line.starts_with('{'), "text expected: {line}")
+    });
+    assert!(started.contains("name=from-file"), "{started}");
+    terminate(child);
+    let mut cmd = muster(&["--config", &file, "--log-format", "json"]);
+    cmd.env("MUSTER_LOG_FORMAT", "text");
+    terminate(started_line(cmd, assert_json).0);
+
+    // A value the file gets wrong is refused at start-up, naming the file
+    // and the key; combined with a flag it clashes with, naming both.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "heartbeat-interval = \"often\"\n").expect("write");
+    let output = run_to_exit(&["--config".into(), bad.display().to_string()]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("bad.toml") && stderr.contains("`heartbeat-interval`: invalid value"),
+        "{stderr}"
+    );
+    let output = run_to_exit(&[
+        "--config".into(),
+        file.clone(),
+        "--election-timeout".into(),
+        "200".into(),
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(
+            "--election-timeout (200 ms) must be at least 5 times --heartbeat-interval (50 ms)"
+        ),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -954,5 +1056,22 @@ fn metrics_health_and_readiness_are_served_and_move() {
         Some(1.0),
         "{after}"
     );
+    // A stream is counted when it ends, under how it ended: etcdctl
+    // cancels its keep-alive stream after the one response (the member
+    // may see the reset a moment after etcdctl exits).
+    let canceled = "muster_grpc_server_handled_total{grpc_code=\"Canceled\",\
+                    grpc_method=\"LeaseKeepAlive\",grpc_service=\"etcdserverpb.Lease\"}";
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, now) = http_get(&metrics_addr, "/metrics");
+        if sample(&now, canceled) == Some(1.0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cancelled keep-alive stream was not counted: {now}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     terminate(child);
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{free_port, spawn_member};
+use common::{free_port, is_started_line, spawn_member};
 
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 const RUN_TIMEOUT: Duration = Duration::from_secs(20);
@@ -104,7 +104,7 @@ fn cluster(size: usize) -> Cluster {
                 seen.join("\n")
             );
         };
-        if line.contains("member started") {
+        if is_started_line(&line) {
             started.insert(i);
         }
         seen.push(format!("m{i}: {line}"));

@@ -1,8 +1,13 @@
 //! Member configuration: etcd's flag names, validated before anything starts.
 //!
 //! Every setting is a command-line flag with etcd's name and default where
-//! etcd has one, and also reads from a `MUSTER_*` environment variable (flag
-//! wins). [`MemberConfig::validate`] turns the raw settings into a
+//! etcd has one, and also reads from a `MUSTER_*` environment variable and
+//! from an optional TOML config file (`--config`) whose keys are the flag
+//! names: a flag wins over its variable, the variable over the file, the
+//! file over the default ([`MemberConfig::load_from`]). The file is checked
+//! as strictly as the flags: an unknown key, a value of the wrong type or
+//! a value the flag would refuse stops the start with a message naming the
+//! file and the key. [`MemberConfig::validate`] turns the raw settings into a
 //! [`Member`] plan: this member's ID, the cluster's ID and its initial
 //! members, or an error that names the setting at fault.
 //!
@@ -44,6 +49,12 @@ pub enum ClusterState {
     about = "A strongly consistent service registry speaking the etcd v3 API."
 )]
 pub struct MemberConfig {
+    /// A TOML file of settings, keyed by flag name without the dashes
+    /// (`listen-client-urls = ["http://0.0.0.0:2379"]`); flags and
+    /// `MUSTER_*` variables override it. See `docs/muster.toml`.
+    #[arg(long, env = "MUSTER_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
     /// Human-readable name of this member; must appear in --initial-cluster.
     #[arg(long, env = "MUSTER_NAME", default_value = "default")]
     pub name: String,
@@ -165,6 +176,120 @@ pub struct MemberConfig {
     /// log collectors.
     #[arg(long, env = "MUSTER_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+}
+
+impl MemberConfig {
+    /// Reads the settings from the process's arguments, `MUSTER_*`
+    /// variables and the `--config` file; see [`MemberConfig::load_from`].
+    pub fn load() -> Result<Self, clap::Error> {
+        Self::load_from(std::env::args_os())
+    }
+
+    /// Reads the settings from `args` (the program name first), the
+    /// `MUSTER_*` variables and the `--config` file (named by the flag or
+    /// by `MUSTER_CONFIG`): flag > variable > file > default. The file's
+    /// values become the flags' defaults, so clap's own precedence and
+    /// value checks apply to them; each is also checked alone first, so
+    /// that a bad one is reported with the file and key it came from.
+    pub fn load_from<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        use clap::{CommandFactory, FromArgMatches};
+        let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+        let mut command = Self::command();
+        // A first pass only to find --config; errors (and --help) surface
+        // in the full parse below.
+        let path = Self::command()
+            .ignore_errors(true)
+            .try_get_matches_from(&args)
+            .ok()
+            .and_then(|m| m.get_one::<PathBuf>("config").cloned());
+        if let Some(path) = path {
+            for (id, values) in file_settings(&path)? {
+                command = command.mut_arg(id, |arg| arg.default_values(values));
+            }
+        }
+        let matches = command.try_get_matches_from_mut(&args)?;
+        Self::from_arg_matches(&matches).map_err(|e| e.format(&mut command))
+    }
+}
+
+/// The settings in the TOML file at `path`, each as the ID of the flag it
+/// sets and its values, every one checked as that flag would check it.
+fn file_settings(path: &std::path::Path) -> Result<Vec<(String, Vec<String>)>, clap::Error> {
+    use clap::CommandFactory;
+    let fail = |message: String| {
+        clap::Error::raw(
+            clap::error::ErrorKind::InvalidValue,
+            format!("--config {}: {message}\n", path.display()),
+        )
+        .with_cmd(&MemberConfig::command())
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read it: {e}")))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| fail(format!("not TOML: {}", e.message())))?;
+    let command = MemberConfig::command();
+    let mut settings = Vec::new();
+    for (key, value) in table {
+        let arg = command
+            .get_arguments()
+            .find(|a| a.get_long() == Some(key.as_str()))
+            .filter(|a| !matches!(a.get_long(), Some("config" | "help" | "version")))
+            .ok_or_else(|| {
+                fail(format!(
+                    "unknown setting `{key}` (the keys are muster's flag names without the \
+                     dashes, as listed by `muster --help`)"
+                ))
+            })?;
+        let many = arg.get_value_delimiter().is_some();
+        let scalar = |v: &toml::Value| match v {
+            toml::Value::String(s) => Some(s.clone()),
+            toml::Value::Integer(i) => Some(i.to_string()),
+            toml::Value::Boolean(b) => Some(b.to_string()),
+            _ => None,
+        };
+        let values: Vec<String> = match &value {
+            toml::Value::Array(items) if many => items
+                .iter()
+                .map(|v| scalar(v).filter(|_| !v.is_array()))
+                .collect::<Option<_>>()
+                .ok_or_else(|| fail(format!("`{key}` must be a list of strings")))?,
+            toml::Value::Array(_) => {
+                return Err(fail(format!("`{key}` takes one value, not a list")));
+            }
+            other => match scalar(other) {
+                // A comma-separated string, as on the command line.
+                Some(s) if many => s.split(',').map(str::to_owned).collect(),
+                Some(s) => vec![s],
+                None => {
+                    return Err(fail(format!(
+                        "`{key}` must be a string or a number, not {}",
+                        other.type_str()
+                    )));
+                }
+            },
+        };
+        // Check the value as the flag would, with no variable in the way.
+        let mut check = MemberConfig::command();
+        for other in command.get_arguments() {
+            check = check.mut_arg(other.get_id().clone(), |a| a.env(None::<&str>));
+        }
+        let flag = format!("--{key}={}", values.join(","));
+        if let Err(e) = check.try_get_matches_from_mut(["muster", flag.as_str()]) {
+            let reason = e.to_string();
+            let reason = reason
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim_start_matches("error: ");
+            return Err(fail(format!("`{key}`: {reason}")));
+        }
+        settings.push((arg.get_id().to_string(), values));
+    }
+    Ok(settings)
 }
 
 /// `--log-level`.
@@ -733,6 +858,141 @@ mod tests {
         }
     }
 
+    /// Loads `args` with a config file holding `toml`.
+    fn load(toml: &str, args: &[&str]) -> Result<MemberConfig, String> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("muster.toml");
+        std::fs::write(&path, toml).expect("write config");
+        let path = path.display().to_string();
+        let mut argv = vec!["muster", "--config", &path];
+        argv.extend_from_slice(args);
+        MemberConfig::load_from(argv).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_config_file_sits_between_the_flags_and_the_defaults() {
+        let config = load(
+            "name = \"a\"\n\
+             heartbeat-interval = 50\n\
+             election-timeout = 500\n\
+             listen-client-urls = [\"http://127.0.0.1:3001\", \"http://127.0.0.2:3001\"]\n\
+             listen-metrics-urls = \"\"\n\
+             quota-backend-bytes = -1\n\
+             log-format = \"json\"\n",
+            &["--heartbeat-interval", "20"],
+        )
+        .expect("loads");
+        assert_eq!(config.name, "a");
+        assert_eq!(config.heartbeat_interval, 20, "the flag wins over the file");
+        assert_eq!(config.election_timeout, 500);
+        assert_eq!(
+            config.listen_client_urls,
+            ["http://127.0.0.1:3001", "http://127.0.0.2:3001"]
+        );
+        assert_eq!(config.quota_backend_bytes, -1);
+        assert_eq!(config.log_format, LogFormat::Json);
+        assert_eq!(
+            config.snapshot_count, 100_000,
+            "unset keys keep the default"
+        );
+        let member = config.validate().expect("valid");
+        assert!(member.listen_metrics_urls.is_empty());
+        assert_eq!(member.quota_backend_bytes, None);
+        // A comma-separated string reads as on the command line.
+        let config = load(
+            "listen-client-urls = \"http://127.0.0.1:3001,http://127.0.0.2:3001\"\n",
+            &[],
+        )
+        .expect("loads");
+        assert_eq!(config.listen_client_urls.len(), 2);
+    }
+
+    #[test]
+    fn a_bad_config_file_is_refused_naming_the_file_and_key() {
+        let refused = |toml: &str, expected: &str| {
+            let error = load(toml, &[]).expect_err(toml);
+            assert!(
+                error.contains("--config ") && error.contains("muster.toml"),
+                "{error}"
+            );
+            assert!(error.contains(expected), "{toml}: {error}");
+        };
+        refused("nmae = \"a\"\n", "unknown setting `nmae`");
+        refused("config = \"other.toml\"\n", "unknown setting `config`");
+        refused("name = [\"a\"]\n", "`name` takes one value, not a list");
+        refused(
+            "heartbeat-interval = \"fast\"\n",
+            "`heartbeat-interval`: invalid value 'fast'",
+        );
+        refused(
+            "log-format = \"yaml\"\n",
+            "`log-format`: invalid value 'yaml'",
+        );
+        refused(
+            "election-timeout = 1.5\n",
+            "must be a string or a number, not float",
+        );
+        refused(
+            "listen-client-urls = [[\"http://127.0.0.1:1\"]]\n",
+            "`listen-client-urls` must be a list of strings",
+        );
+        refused("name = \n", "not TOML");
+        let missing = MemberConfig::load_from(["muster", "--config", "/nonexistent/muster.toml"])
+            .expect_err("no file")
+            .to_string();
+        assert!(missing.contains("cannot read it"), "{missing}");
+        // A value each flag accepts alone may still clash with another:
+        // validate() names both settings, as for flags.
+        let config = load("heartbeat-interval = 500\n", &[]).expect("loads");
+        assert!(
+            config
+                .validate()
+                .expect_err("clash")
+                .to_string()
+                .contains("--election-timeout (1000 ms) must be at least 5 times")
+        );
+    }
+
+    #[test]
+    fn the_sample_config_sets_every_setting_to_its_default() {
+        let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/muster.toml");
+        let text = std::fs::read_to_string(sample).expect("docs/muster.toml");
+        // Uncomment every `# key = value` line: the defaults, spelled out.
+        let uncommented: String = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| l.contains(" = ") && !l.starts_with(' '))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let from_file = load(&uncommented, &[]).expect("the sample's defaults load");
+        let defaults = config(&[]);
+        assert_eq!(
+            format!(
+                "{:?}",
+                MemberConfig {
+                    config: None,
+                    ..from_file
+                }
+            ),
+            format!("{defaults:?}"),
+            "docs/muster.toml's commented values are the defaults"
+        );
+        let cmd = <MemberConfig as clap::CommandFactory>::command();
+        for arg in cmd.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if ["config", "help", "version"].contains(&long) {
+                continue;
+            }
+            assert!(
+                text.lines().any(|l| l
+                    .trim_start_matches('#')
+                    .trim_start()
+                    .starts_with(&format!("{long} ="))),
+                "docs/muster.toml documents `{long}`"
+            );
+        }
+    }
+
     #[test]
     fn every_flag_reads_a_muster_environment_variable() {
         // clap reads MUSTER_* when a flag is absent. Rather than mutate the
@@ -743,7 +1003,7 @@ mod tests {
             .get_arguments()
             .filter(|a| a.get_long().is_some_and(|l| l != "help" && l != "version"))
             .collect();
-        assert_eq!(flags.len(), 18, "every setting is a flag");
+        assert_eq!(flags.len(), 19, "every setting is a flag");
         for flag in flags {
             let long = flag.get_long().unwrap_or_default();
             let expected = format!("MUSTER_{}", long.to_uppercase().replace('-', "_"));

@@ -271,7 +271,7 @@ where
     S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
     S::Future: Send + 'static,
 {
-    type Response = S::Response;
+    type Response = http::Response<CountedBody<ResBody>>;
     type Error = S::Error;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
@@ -281,20 +281,97 @@ where
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
         let (service, method) = grpc_labels(request.uri().path());
-        let (service, method) = (service.to_string(), method.to_string());
+        let labels = Labels {
+            service: service.to_string(),
+            method: method.to_string(),
+        };
         let call = self.inner.call(request);
         Box::pin(async move {
             let response = call.await?;
-            let code = response
+            // A trailers-only response (an error before any message)
+            // carries its status in the headers; otherwise the status
+            // comes in the trailers at the end of the body.
+            let early = response
                 .headers()
                 .get("grpc-status")
                 .and_then(|v| v.to_str().ok())
-                .map_or("OK", code_name);
-            GRPC_HANDLED
-                .with_label_values(&[service.as_str(), method.as_str(), code])
-                .inc();
-            Ok(response)
+                .map(code_name);
+            let mut labels = Some(labels);
+            if let Some(code) = early {
+                count(labels.take(), code);
+            }
+            Ok(response.map(|inner| CountedBody { inner, labels }))
         })
+    }
+}
+
+/// The labels a call is counted under once its status is known.
+#[derive(Debug)]
+pub struct Labels {
+    service: String,
+    method: String,
+}
+
+fn count(labels: Option<Labels>, code: &str) {
+    if let Some(labels) = labels {
+        GRPC_HANDLED
+            .with_label_values(&[labels.service.as_str(), labels.method.as_str(), code])
+            .inc();
+    }
+}
+
+/// A response body that counts its call in `grpc_server_handled_total`
+/// when the status arrives in its trailers: a stream that fails after it
+/// started counts under its real code. A body dropped before its trailers
+/// (the client went away) counts as `Canceled`; one that ends without
+/// trailers as `Unknown`.
+#[derive(Debug)]
+pub struct CountedBody<B> {
+    inner: B,
+    labels: Option<Labels>,
+}
+
+impl<B> http_body::Body for CountedBody<B>
+where
+    B: http_body::Body + Unpin,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    let code = trailers
+                        .get("grpc-status")
+                        .and_then(|v| v.to_str().ok())
+                        .map_or("Unknown", code_name);
+                    count(self.labels.take(), code);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => count(self.labels.take(), "Internal"),
+            Poll::Ready(None) => count(self.labels.take(), "Unknown"),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B> Drop for CountedBody<B> {
+    fn drop(&mut self) {
+        count(self.labels.take(), "Canceled");
     }
 }
 

@@ -13,7 +13,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use clap::Parser as _;
 use muster_raft::{RaftNode, RaftNodeConfig};
 use muster_server::cluster::MemberAttributes;
 use muster_server::config::{ClusterState, LogFormat, Member, MemberConfig};
@@ -24,7 +23,7 @@ use tokio::net::TcpListener;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = MemberConfig::parse();
+    let config = MemberConfig::load().unwrap_or_else(|e| e.exit());
     // `RUST_LOG`, when set, is a full filter; otherwise `--log-level`
     // chooses one (see `LogLevel::filter`).
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -38,7 +37,11 @@ async fn main() -> anyhow::Result<()> {
             .init(),
         LogFormat::Json => logs.json().init(),
     }
-    let member = config.validate()?;
+    // Refused settings exit as clap's do: the message alone, code 2.
+    let member = config.validate().unwrap_or_else(|e| {
+        eprintln!("error: {e}");
+        std::process::exit(2)
+    });
     run(member).await
 }
 

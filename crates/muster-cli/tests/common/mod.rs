@@ -48,3 +48,10 @@ pub(crate) fn spawn_member(
     });
     child
 }
+
+/// Whether `line` (text or JSON) is the member's "member started" line,
+/// logged once its client listener is bound (not the Raft node's earlier
+/// "raft member started").
+pub(crate) fn is_started_line(line: &str) -> bool {
+    line.contains(": member started") || line.contains("\"message\":\"member started\"")
+}
