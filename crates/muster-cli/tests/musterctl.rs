@@ -48,7 +48,46 @@ impl Drop for Cluster {
 /// Starts `size` members of one new cluster on free ports and waits
 /// (bounded) until each has logged "member started" and the cluster answers
 /// a linearizable read through every member.
+///
+/// A port [`free_port`] found free may be taken (by another test's member
+/// or probe) before the member binds it: a start that fails so is retried
+/// on fresh ports, at most twice.
 fn cluster(size: usize) -> Cluster {
+    let mut attempt = 1;
+    let cluster = loop {
+        match start_members(size) {
+            Ok(cluster) => break cluster,
+            Err(logs) if attempt < 3 && logs.contains("Address already in use") => {
+                eprintln!("start {attempt} lost a port to another process; retrying");
+                attempt += 1;
+            }
+            Err(logs) => panic!("{logs}"),
+        }
+    };
+    // A leader is elected once a linearizable read succeeds everywhere.
+    for endpoint in &cluster.clients {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let get = musterctl(endpoint, &["--command-timeout=1s", "get", "ready"]);
+            if get.status.success() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no linearizable read through {endpoint}: {}",
+                err(&get)
+            );
+            std::thread::sleep(Duration::from_millis(50)); // poll interval
+        }
+    }
+    cluster
+}
+
+/// Spawns `size` members of one new cluster on free ports and waits
+/// (bounded) until each has logged "member started". Fails, with the
+/// members' logs, when that takes longer than [`START_TIMEOUT`] or as soon
+/// as a member has exited (half a second later, so its last words are in).
+fn start_members(size: usize) -> Result<Cluster, String> {
     let dir = tempfile::tempdir().expect("temp dir");
     let peers: Vec<String> = (0..size)
         .map(|_| format!("http://127.0.0.1:{}", free_port()))
@@ -88,7 +127,7 @@ fn cluster(size: usize) -> Cluster {
             spawn_member(i, &args, &lines)
         })
         .collect();
-    let cluster = Cluster {
+    let mut cluster = Cluster {
         children,
         clients,
         _dir: dir,
@@ -96,38 +135,44 @@ fn cluster(size: usize) -> Cluster {
     let mut started = std::collections::HashSet::new();
     let mut seen = Vec::new();
     let deadline = Instant::now() + START_TIMEOUT;
+    let mut exited: Option<(usize, Instant)> = None;
     while started.len() < size {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let Ok((i, line)) = log.recv_timeout(left) else {
-            panic!(
+        let now = Instant::now();
+        if let Some((i, at)) = exited
+            && now > at + Duration::from_millis(500)
+        {
+            return Err(format!(
+                "member m{i} exited while starting; the members' logs:\n{}",
+                seen.join("\n")
+            ));
+        }
+        if now > deadline {
+            return Err(format!(
                 "not every member logged 'member started' within {START_TIMEOUT:?}; their logs:\n{}",
                 seen.join("\n")
-            );
-        };
-        if is_started_line(&line) {
-            started.insert(i);
+            ));
         }
-        seen.push(format!("m{i}: {line}"));
+        // Wake at least every 100 ms to notice a member that exited.
+        match log.recv_timeout(Duration::from_millis(100)) {
+            Ok((i, line)) => {
+                if is_started_line(&line) {
+                    started.insert(i);
+                }
+                seen.push(format!("m{i}: {line}"));
+            }
+            Err(_) if exited.is_none() => {
+                exited = cluster
+                    .children
+                    .iter_mut()
+                    .position(|c| c.try_wait().ok().flatten().is_some())
+                    .map(|i| (i, Instant::now()));
+            }
+            Err(_) => {}
+        }
     }
     // Keep draining the logs so the members never block on a full pipe.
     std::thread::spawn(move || while log.recv().is_ok() {});
-    // A leader is elected once a linearizable read succeeds everywhere.
-    for endpoint in &cluster.clients {
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            let get = musterctl(endpoint, &["--command-timeout=1s", "get", "ready"]);
-            if get.status.success() {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no linearizable read through {endpoint}: {}",
-                err(&get)
-            );
-            std::thread::sleep(Duration::from_millis(50)); // poll interval
-        }
-    }
-    cluster
+    Ok(cluster)
 }
 
 /// Runs `musterctl --endpoints <endpoints> <args>` to completion, bounded.
@@ -202,6 +247,110 @@ fn ok(output: Output) -> String {
         err(&output)
     );
     text(&output)
+}
+
+/// Kills (SIGKILL) and reaps a long-running `musterctl` when dropped, so a
+/// failing assertion does not leave it behind.
+struct Background(Child);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Spawns `musterctl --endpoints <endpoints> <args>` in the background; its
+/// stdout lines arrive on the returned channel (stderr is discarded).
+fn musterctl_lines(endpoints: &str, args: &[&str]) -> (Background, mpsc::Receiver<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_musterctl"))
+        .args(["--endpoints", endpoints])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn musterctl");
+    let stdout = child.stdout.take().expect("stdout");
+    let (sender, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (Background(child), lines)
+}
+
+/// Parses one JSON document printed by `musterctl -w json`.
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// (endpoint, member ID, leader ID) of every endpoint of `endpoints`, from
+/// `endpoint status -w json`; `None` if some endpoint did not answer.
+fn statuses(endpoints: &str) -> Option<Vec<(String, u64, u64)>> {
+    let output = musterctl(endpoints, &["endpoint", "status", "-w", "json"]);
+    if !output.status.success() {
+        return None;
+    }
+    let parsed = json(&text(&output));
+    let rows = parsed
+        .as_array()
+        .expect("an array of endpoint statuses")
+        .iter()
+        .map(|entry| {
+            let status = &entry["Status"];
+            (
+                entry["Endpoint"].as_str().expect("Endpoint").to_string(),
+                status["header"]["member_id"].as_u64().expect("member_id"),
+                // Omitted (as Go's omitempty) while no leader is known.
+                status["leader"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    Some(rows)
+}
+
+/// Waits (bounded) until `member list` shows `size` members, every one
+/// started: each has published its name and client URLs, which it does
+/// shortly after it starts serving.
+fn wait_all_started(endpoints: &str, size: usize) {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        let rows = member_rows(endpoints);
+        if rows.len() == size && rows.iter().all(|r| r[1] == "started") {
+            return;
+        }
+        assert!(Instant::now() < deadline, "not all started: {rows:?}");
+        std::thread::sleep(Duration::from_millis(50)); // poll interval
+    }
+}
+
+/// A loopback port bound, but not listening, while the socket lives: the
+/// peer URL of a member that never starts. Connections to it are refused,
+/// and no other test's [`free_port`] can hand it to a member meanwhile
+/// (this cluster's leader would send that member its Raft traffic).
+fn reserved_port() -> (tokio::net::TcpSocket, u16) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(([127, 0, 0, 1], 0).into())
+        .expect("bind a loopback port");
+    let port = socket.local_addr().expect("local address").port();
+    (socket, port)
+}
+
+/// `member list` in simple output, one row of fields per member.
+fn member_rows(endpoints: &str) -> Vec<Vec<String>> {
+    ok(musterctl(endpoints, &["member", "list"]))
+        .lines()
+        .map(|line| line.split(", ").map(str::to_string).collect())
+        .collect()
 }
 
 #[test]
@@ -489,4 +638,443 @@ fn usage_errors_exit_2_and_an_unreachable_endpoint_exits_1_in_time() {
 fn completions_are_printed_for_bash() {
     let completion = ok(musterctl("127.0.0.1:1", &["completion", "bash"]));
     assert!(completion.contains("musterctl"), "{completion}");
+}
+
+/// A learner is added (unstarted, with the environment a new member needs),
+/// listed as an unstarted learner, refused promotion with etcd's error while
+/// it has not caught up, has its peer URL updated and is removed: the
+/// cluster is back to its three voters.
+#[test]
+fn a_learner_is_added_updated_refused_promotion_and_removed() {
+    let cluster = cluster(3);
+    let all = cluster.clients.join(",");
+    let (_peer_port, port) = reserved_port();
+    let peer = format!("http://127.0.0.1:{port}");
+    let added = ok(musterctl(
+        &all,
+        &[
+            "member",
+            "add",
+            "m3",
+            "--learner",
+            &format!("--peer-urls={peer}"),
+        ],
+    ));
+    // "Member <%16x id> added to cluster <%16x cluster id>" (etcdctl 3.4
+    // says "added" for a learner too), then the new member's environment.
+    let first = added.lines().next().expect("a first line");
+    let words: Vec<&str> = first.split_whitespace().collect();
+    assert_eq!(words.len(), 6, "{added}");
+    assert_eq!(
+        [words[0], words[2], words[3], words[4]],
+        ["Member", "added", "to", "cluster"],
+        "{added}"
+    );
+    let id = words[1].to_string();
+    let id_number = u64::from_str_radix(&id, 16).expect("a hex member ID");
+    assert!(
+        first.starts_with(&format!("Member {id_number:16x} added")),
+        "{added}"
+    );
+    for prefix in ["ETCD", "MUSTER"] {
+        assert!(
+            added.contains(&format!("\n{prefix}_NAME=\"m3\"\n")),
+            "{added}"
+        );
+        assert!(
+            added.contains(&format!(
+                "\n{prefix}_INITIAL_ADVERTISE_PEER_URLS=\"{peer}\"\n"
+            )),
+            "{added}"
+        );
+        assert!(
+            added.contains(&format!("\n{prefix}_INITIAL_CLUSTER_STATE=\"existing\"\n")),
+            "{added}"
+        );
+        let initial = added
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{prefix}_INITIAL_CLUSTER=\"")))
+            .expect("an initial cluster")
+            .trim_end_matches('"');
+        let names: Vec<&str> = initial.split(',').collect();
+        assert_eq!(names.len(), 4, "{added}");
+        assert!(names.contains(&format!("m3={peer}").as_str()), "{added}");
+    }
+
+    // Listed (through every member) as an unstarted learner: no name, no
+    // client URLs.
+    for endpoint in &cluster.clients {
+        let rows = member_rows(endpoint);
+        assert_eq!(rows.len(), 4, "{rows:?}");
+        let learner = rows.iter().find(|r| r[0] == id).expect("the learner");
+        assert_eq!(
+            learner,
+            &[&id, "unstarted", "", &peer, "", "true"],
+            "{rows:?}"
+        );
+        let voters = rows.iter().filter(|r| r[5] == "false").count();
+        assert_eq!(voters, 3, "{rows:?}");
+    }
+
+    // A learner that never started has none of the leader's log.
+    let promote = musterctl(&all, &["member", "promote", &id]);
+    assert_eq!(promote.status.code(), Some(1), "{}", text(&promote));
+    assert_eq!(
+        err(&promote),
+        "Error: etcdserver: can only promote a learner member which is in sync with leader\n"
+    );
+    assert_eq!(text(&promote), "");
+
+    let (_other_port, port) = reserved_port();
+    let other = format!("http://127.0.0.1:{port}");
+    let updated = ok(musterctl(
+        &all,
+        &["member", "update", &id, &format!("--peer-urls={other}")],
+    ));
+    assert!(
+        updated.starts_with(&format!("Member {id_number:16x} updated in cluster ")),
+        "{updated}"
+    );
+    let rows = member_rows(&all);
+    let learner = rows.iter().find(|r| r[0] == id).expect("the learner");
+    assert_eq!(
+        learner,
+        &[&id, "unstarted", "", &other, "", "true"],
+        "{rows:?}"
+    );
+    // The JSON list agrees.
+    let listed = json(&ok(musterctl(&all, &["member", "list", "-w", "json"])));
+    let member = listed["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .find(|m| m["ID"].as_u64() == Some(id_number))
+        .unwrap_or_else(|| panic!("the learner in {listed}"));
+    assert_eq!(member["peerURLs"], serde_json::json!([other]), "{listed}");
+    assert_eq!(member["isLearner"], serde_json::json!(true), "{listed}");
+
+    let removed = ok(musterctl(&all, &["member", "remove", &id]));
+    assert!(
+        removed.starts_with(&format!("Member {id_number:16x} removed from cluster ")),
+        "{removed}"
+    );
+    let rows = member_rows(&all);
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert!(
+        rows.iter().all(|r| r[0] != id && r[5] == "false"),
+        "{rows:?}"
+    );
+
+    // Removing it again: etcd's "member not found".
+    let again = musterctl(&all, &["member", "remove", &id]);
+    assert_eq!(again.status.code(), Some(1));
+    assert_eq!(err(&again), "Error: etcdserver: member not found\n");
+    // The cluster still serves writes with its three voters.
+    assert_eq!(ok(musterctl(&all, &["put", "after", "removal"])), "OK\n");
+}
+
+/// `move-leader` finds the leader among the endpoints and hands leadership
+/// to a follower of a three-voter cluster (where the move is certain, see
+/// README's Semantics); every member then reports the new leader. A target
+/// that is not a member is refused with etcd's "bad leader transferee", and
+/// endpoints without the leader are refused before anything is sent.
+#[test]
+fn move_leader_hands_leadership_to_a_follower_of_three_voters() {
+    let cluster = cluster(3);
+    let all = cluster.clients.join(",");
+    let before = statuses(&all).expect("every endpoint's status");
+    assert_eq!(before.len(), 3, "{before:?}");
+    let leader = before[0].2;
+    assert_ne!(leader, 0, "{before:?}");
+    assert!(
+        before.iter().all(|(_, _, l)| *l == leader),
+        "members disagree on the leader: {before:?}"
+    );
+    let (old_endpoint, _, _) = before
+        .iter()
+        .find(|(_, member, _)| *member == leader)
+        .expect("the leader is a member")
+        .clone();
+    let (_, target, _) = *before
+        .iter()
+        .find(|(_, member, _)| *member != leader)
+        .expect("a follower");
+
+    let moved = ok(musterctl(
+        &all,
+        &[
+            "--command-timeout=10s",
+            "move-leader",
+            &format!("{target:x}"),
+        ],
+    ));
+    assert_eq!(
+        moved,
+        format!("Leadership transferred from {leader:x} to {target:x}\n")
+    );
+    // Every member learns of the new leader: poll, bounded.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let after = statuses(&all);
+        if after
+            .as_ref()
+            .is_some_and(|a| a.len() == 3 && a.iter().all(|(_, _, l)| *l == target))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every member reports leader {target:x}: {after:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50)); // poll interval
+    }
+    // The cluster serves writes under its new leader.
+    assert_eq!(ok(musterctl(&all, &["put", "moved", "yes"])), "OK\n");
+
+    // Not a member: etcd's ErrBadLeaderTransferee, leadership unchanged.
+    let bad = musterctl(&all, &["move-leader", "1234abcd"]);
+    assert_eq!(bad.status.code(), Some(1), "{}", text(&bad));
+    assert_eq!(err(&bad), "Error: etcdserver: bad leader transferee\n");
+    let after = statuses(&all).expect("every endpoint's status");
+    assert!(after.iter().all(|(_, _, l)| *l == target), "{after:?}");
+
+    // Only the old leader (now a follower) given: no leader to ask.
+    let no_leader = musterctl(&old_endpoint, &["move-leader", &format!("{leader:x}")]);
+    assert_eq!(no_leader.status.code(), Some(1), "{}", text(&no_leader));
+    assert!(
+        err(&no_leader).starts_with("Error: no leader endpoint given at "),
+        "{}",
+        err(&no_leader)
+    );
+}
+
+/// After some writes every member reports the same `HashKV` hash at the
+/// same revision (simple, JSON and `--cluster` forms), a hash of an earlier
+/// revision differs but agrees again, and `alarm disarm` with no alarm
+/// raised succeeds printing nothing, as etcdctl does.
+#[test]
+fn hashkv_agrees_on_every_member_and_disarming_no_alarm_prints_nothing() {
+    let cluster = cluster(3);
+    let all = cluster.clients.join(",");
+    // `--cluster` below reads the client URLs the members publish.
+    wait_all_started(&all, 3);
+    for i in 0..5 {
+        ok(musterctl(
+            &all,
+            &["put", &format!("/svc/api/{i}"), "10.0.0.1"],
+        ));
+    }
+    ok(musterctl(&all, &["del", "/svc/api/0"]));
+    let put = json(&ok(musterctl(
+        &all,
+        &["put", "/svc/last", "x", "-w", "json"],
+    )));
+    let revision = put["header"]["revision"].as_i64().expect("a revision");
+    // A linearizable read through each member: each has applied the writes.
+    for endpoint in &cluster.clients {
+        assert_eq!(
+            ok(musterctl(
+                endpoint,
+                &["get", "/svc/last", "--print-value-only"]
+            )),
+            "x\n"
+        );
+    }
+
+    let hashes = |args: &[&str]| -> Vec<(String, u64, i64)> {
+        let mut command = vec!["endpoint", "hashkv", "-w", "json"];
+        command.extend_from_slice(args);
+        let parsed = json(&ok(musterctl(&all, &command)));
+        parsed
+            .as_array()
+            .expect("an array of hashes")
+            .iter()
+            .map(|entry| {
+                let hash = &entry["HashKV"];
+                (
+                    entry["Endpoint"].as_str().expect("Endpoint").to_string(),
+                    hash["hash"].as_u64().expect("a non-zero hash"),
+                    hash["header"]["revision"].as_i64().expect("a revision"),
+                )
+            })
+            .collect()
+    };
+    let latest = hashes(&[]);
+    let endpoints: Vec<&str> = latest.iter().map(|(e, _, _)| e.as_str()).collect();
+    assert_eq!(endpoints, cluster.clients, "{latest:?}");
+    let hash = latest[0].1;
+    assert!(
+        latest.iter().all(|(_, h, r)| *h == hash && *r == revision),
+        "hash {hash} at revision {revision} everywhere: {latest:?}"
+    );
+    let at_revision = hashes(&["--rev", &revision.to_string()]);
+    assert!(
+        at_revision.iter().all(|(_, h, _)| *h == hash),
+        "{at_revision:?}"
+    );
+    let earlier = hashes(&["--rev", &(revision - 1).to_string()]);
+    let earlier_hash = earlier[0].1;
+    assert_ne!(earlier_hash, hash, "the last put changed nothing hashed");
+    assert!(
+        earlier.iter().all(|(_, h, _)| *h == earlier_hash),
+        "{earlier:?}"
+    );
+
+    // Simple output: "<endpoint>, <hash>" per endpoint, in order.
+    let simple = ok(musterctl(&all, &["endpoint", "hashkv"]));
+    let expected: String = cluster
+        .clients
+        .iter()
+        .map(|endpoint| format!("{endpoint}, {hash}\n"))
+        .collect();
+    assert_eq!(simple, expected);
+    // --cluster asks every member in the member list, through any one.
+    let through_one = ok(musterctl(
+        &cluster.clients[1],
+        &["endpoint", "hashkv", "--cluster"],
+    ));
+    let mut rows: Vec<&str> = through_one.lines().collect();
+    rows.sort_unstable();
+    let mut expected: Vec<&str> = expected.lines().collect();
+    expected.sort_unstable();
+    assert_eq!(rows, expected, "{through_one}");
+
+    // No alarm raised: disarming succeeds and prints nothing, and none is
+    // listed afterwards.
+    assert_eq!(ok(musterctl(&all, &["alarm", "disarm"])), "");
+    assert_eq!(ok(musterctl(&all, &["alarm", "list"])), "");
+    let listed = json(&ok(musterctl(&all, &["alarm", "list", "-w", "json"])));
+    assert!(
+        listed["alarms"].as_array().is_none_or(Vec::is_empty),
+        "{listed}"
+    );
+}
+
+/// A TTL-2 lease kept alive by `lease keep-alive` (one renewal every third
+/// of the TTL) keeps its key past the TTL; once the keep-alive is killed the
+/// lease expires and takes the key with it, and a keep-alive of the expired
+/// lease prints etcdctl's "expired or revoked." and exits 0.
+#[test]
+fn a_kept_alive_lease_outlives_its_ttl_and_expires_once_the_keep_alive_stops() {
+    let cluster = cluster(1);
+    let ep = cluster.clients[0].clone();
+    // 2 s is the least TTL granted: ceil(1.5 × the default 1 s election
+    // timeout the members run with).
+    let granted = ok(musterctl(&ep, &["lease", "grant", "2"]));
+    let id = granted
+        .split_whitespace()
+        .nth(1)
+        .expect("an ID")
+        .to_string();
+    assert_eq!(granted, format!("lease {id} granted with TTL(2s)\n"));
+    ok(musterctl(
+        &ep,
+        &["put", "/svc/api/1", "10.0.0.1", "--lease", &id],
+    ));
+    let renewed_from = Instant::now();
+
+    let once = json(&ok(musterctl(
+        &ep,
+        &["lease", "keep-alive", &id, "--once", "-w", "json"],
+    )));
+    assert_eq!(once["TTL"], serde_json::json!(2), "{once}");
+    assert_eq!(
+        once["ID"].as_i64().map(|n| format!("{n:016x}")),
+        Some(id.clone()),
+        "{once}"
+    );
+    assert!(once["revision"].as_i64().is_some(), "{once}");
+
+    let (keep_alive, lines) = musterctl_lines(&ep, &["lease", "keep-alive", &id]);
+    // Read renewals until they have kept the lease for more than its TTL
+    // (the first line comes at once, then one every ~667 ms).
+    let expected = format!("lease {id} keepalived with TTL(2)");
+    let mut renewals = 0;
+    let mut last_renewal = Instant::now();
+    while renewals < 2 || renewed_from.elapsed() < Duration::from_secs(3) {
+        let line = lines
+            .recv_timeout(Duration::from_secs(5))
+            .unwrap_or_else(|_| panic!("no renewal within 5 s after {renewals}"));
+        last_renewal = Instant::now();
+        assert_eq!(line, expected);
+        renewals += 1;
+    }
+    assert_eq!(
+        ok(musterctl(&ep, &["get", "/svc/api/1", "--print-value-only"])),
+        "10.0.0.1\n",
+        "the key outlived its lease's TTL only through the renewals"
+    );
+    let ttl = ok(musterctl(&ep, &["lease", "timetolive", &id]));
+    assert!(
+        ttl.starts_with(&format!("lease {id} granted with TTL(2s), remaining(")),
+        "{ttl}"
+    );
+
+    drop(keep_alive);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !ok(musterctl(&ep, &["get", "/svc/api/1"])).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the key outlived its unrenewed lease"
+        );
+        std::thread::sleep(Duration::from_millis(100)); // poll interval
+    }
+    // Not before its TTL ran out after the last renewal seen (less a
+    // margin: the member renewed a little before the line arrived).
+    let lived = last_renewal.elapsed();
+    assert!(lived > Duration::from_millis(1500), "gone {lived:?} after");
+    assert_eq!(
+        ok(musterctl(&ep, &["lease", "timetolive", &id])),
+        format!("lease {id} already expired\n")
+    );
+    assert_eq!(
+        ok(musterctl(&ep, &["lease", "keep-alive", &id])),
+        format!("lease {id} expired or revoked.\n")
+    );
+}
+
+/// `lease keep-alive --once` of a lease that no longer exists fails as
+/// etcdctl 3.4's does (its `KeepAliveOnce` turns the server's TTL-0 answer
+/// into `ErrLeaseNotFound`): "Error: etcdserver: requested lease not found".
+#[test]
+fn keep_alive_once_of_a_revoked_lease_fails_with_lease_not_found() {
+    let cluster = cluster(1);
+    let ep = &cluster.clients[0];
+    let granted = ok(musterctl(ep, &["lease", "grant", "60"]));
+    let id = granted
+        .split_whitespace()
+        .nth(1)
+        .expect("an ID")
+        .to_string();
+    ok(musterctl(ep, &["lease", "revoke", &id]));
+    let once = musterctl(ep, &["lease", "keep-alive", &id, "--once"]);
+    assert_eq!(text(&once), "");
+    assert_eq!(err(&once), "Error: etcdserver: requested lease not found\n");
+    assert_eq!(once.status.code(), Some(1));
+}
+
+/// `move-leader` given only followers fails as etcdctl 3.4's does, naming
+/// the endpoints as Go prints a `[]string`: "Error: no leader endpoint
+/// given at [<endpoint> <endpoint>]".
+#[test]
+fn move_leader_without_the_leader_names_the_endpoints_as_etcdctl() {
+    let cluster = cluster(3);
+    let all = cluster.clients.join(",");
+    let statuses = statuses(&all).expect("every endpoint's status");
+    let followers: Vec<&str> = statuses
+        .iter()
+        .filter(|(_, member, leader)| member != leader)
+        .map(|(endpoint, _, _)| endpoint.as_str())
+        .collect();
+    assert_eq!(followers.len(), 2, "{statuses:?}");
+    let moved = musterctl(&followers.join(","), &["move-leader", "1"]);
+    assert_eq!(text(&moved), "");
+    assert_eq!(
+        err(&moved),
+        format!(
+            "Error: no leader endpoint given at [{}]\n",
+            followers.join(" ")
+        )
+    );
+    assert_eq!(moved.status.code(), Some(1));
 }

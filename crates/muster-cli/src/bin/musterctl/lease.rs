@@ -199,6 +199,11 @@ async fn keep_alive(
             Ok(Some(response)) => response?,
         };
         if response.ttl <= 0 {
+            // As etcdctl: a single keep-alive of a missing lease is an
+            // error; the keep-alive loop reports the lease gone and stops.
+            if args.once {
+                bail!("etcdserver: requested lease not found");
+            }
             output::line(format!("lease {id:016x} expired or revoked."));
             return Ok(());
         }

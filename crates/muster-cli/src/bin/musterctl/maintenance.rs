@@ -420,10 +420,10 @@ pub(crate) async fn snapshot(session: &Session, command: SnapshotCommand) -> any
 pub(crate) async fn move_leader(session: &Session, args: MoveLeaderArgs) -> anyhow::Result<()> {
     let target = parse_member_id(&args.target)?;
     let mut leader = None;
+    // As etcdctl: every endpoint's status is needed, the first failure
+    // ends the command.
     for endpoint in &session.endpoints {
-        let Ok(status) = status_of(session, endpoint).await else {
-            continue;
-        };
+        let status = status_of(session, endpoint).await?;
         let member = status.header.as_ref().map_or(0, |h| h.member_id);
         if member != 0 && status.leader == member {
             leader = Some((endpoint.clone(), member));
@@ -431,7 +431,10 @@ pub(crate) async fn move_leader(session: &Session, args: MoveLeaderArgs) -> anyh
         }
     }
     let Some((endpoint, leader_id)) = leader else {
-        bail!("no leader endpoint given at {:?}", session.endpoints);
+        bail!(
+            "no leader endpoint given at [{}]",
+            session.endpoints.join(" ")
+        );
     };
     let mut maintenance = MaintenanceClient::new(session.channel_to(&endpoint).await?);
     let response = session
