@@ -275,6 +275,28 @@ impl TestCluster {
         Arc::clone(&running.node)
     }
 
+    /// Cuts member `i` off from every running member, both ways, until
+    /// [`TestCluster::heal`]: Raft messages to and from it are dropped
+    /// (its clients still reach it).
+    pub fn isolate(&self, i: usize) {
+        let id = self.member_id(i);
+        for slot in &self.slots {
+            if let Some(running) = &slot.running {
+                running.node.faults().isolate(id);
+            }
+        }
+    }
+
+    /// Undoes [`TestCluster::isolate`] of member `i`.
+    pub fn heal(&self, i: usize) {
+        let id = self.member_id(i);
+        for slot in &self.slots {
+            if let Some(running) = &slot.running {
+                running.node.faults().heal(id);
+            }
+        }
+    }
+
     /// Member `i`'s ID.
     pub fn member_id(&self, i: usize) -> NodeId {
         self.slots[i].config.id

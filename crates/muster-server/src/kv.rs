@@ -12,6 +12,12 @@
 //! Every response header carries the cluster ID, this member's ID, the Raft
 //! term and the revision the request saw.
 //!
+//! With the `fault-injection` feature (test builds only),
+//! `KvService::with_stale_follower_reads` makes a follower skip the read
+//! barrier and answer linearizable reads from its local state: a broken
+//! guarantee the fault suite's checkers must catch. Without the feature
+//! the switch does not exist and every linearizable read takes the barrier.
+//!
 //! # The space quota
 //!
 //! A valid request that adds data (a put, a txn with a top-level put, and
@@ -170,6 +176,8 @@ pub struct KvService {
     cluster_id: u64,
     limits: Limits,
     quota: Quota,
+    #[cfg(feature = "fault-injection")]
+    stale_follower_reads: bool,
 }
 
 impl KvService {
@@ -181,7 +189,30 @@ impl KvService {
             cluster_id,
             limits,
             quota: Quota::default(),
+            #[cfg(feature = "fault-injection")]
+            stale_follower_reads: false,
         }
+    }
+
+    /// Breaks linearizable reads on purpose: a follower answers them from
+    /// its local state without the read barrier. Only for proving that the
+    /// fault suite's checkers catch stale reads.
+    #[cfg(feature = "fault-injection")]
+    pub fn with_stale_follower_reads(mut self, stale: bool) -> Self {
+        self.stale_follower_reads = stale;
+        self
+    }
+
+    /// Waits until a linearizable read may be served from the local state.
+    async fn read_barrier(&self) -> Result<(), Status> {
+        #[cfg(feature = "fault-injection")]
+        if self.stale_follower_reads {
+            let leader = self.node.raft().metrics().borrow().current_leader;
+            if leader != Some(self.node.id()) {
+                return Ok(());
+            }
+        }
+        self.node.read_barrier().await.map_err(|e| raft_status(&e))
     }
 
     /// The same service checking writes against `quota`.
@@ -228,10 +259,7 @@ impl Kv for KvService {
             request.try_into().map_err(|e| convert_status(&e))?;
         validate::check_range(&range).map_err(|e| core_status(&e))?;
         if !serializable {
-            self.node
-                .read_barrier()
-                .await
-                .map_err(|e| raft_status(&e))?;
+            self.read_barrier().await?;
         }
         let response = self
             .node
@@ -291,10 +319,7 @@ impl Kv for KvService {
         let txn: muster_core::TxnRequest = request.try_into().map_err(|e| convert_status(&e))?;
         validate::check_txn(&txn, self.limits.max_txn_ops).map_err(|e| core_status(&e))?;
         let response = if validate::is_read_only(&txn) {
-            self.node
-                .read_barrier()
-                .await
-                .map_err(|e| raft_status(&e))?;
+            self.read_barrier().await?;
             self.node
                 .state_machine()
                 .store()

@@ -12,6 +12,7 @@
 pub mod auth;
 pub mod cluster;
 pub mod config;
+pub mod duration;
 pub mod health;
 pub mod identity;
 pub mod kv;

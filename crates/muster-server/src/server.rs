@@ -51,6 +51,10 @@ pub struct ClientApi {
     lease: LeaseConfig,
     /// What this member publishes about itself when it serves.
     attributes: Option<MemberAttributes>,
+    /// Test builds only: followers answer linearizable reads without the
+    /// read barrier (see `KvService::with_stale_follower_reads`).
+    #[cfg(feature = "fault-injection")]
+    stale_follower_reads: bool,
     /// Flipped to `true` when [`ClientApi::serve`] is told to stop, so that
     /// long-lived streams (watches) end and the server can drain.
     stopping: Arc<tokio::sync::watch::Sender<bool>>,
@@ -71,8 +75,18 @@ impl ClientApi {
             },
             lease: LeaseConfig::for_election_timeout(WatchConfig::default().election_timeout),
             attributes: None,
+            #[cfg(feature = "fault-injection")]
+            stale_follower_reads: false,
             stopping: Arc::new(tokio::sync::watch::channel(false).0),
         }
+    }
+
+    /// Breaks linearizable reads on purpose (test builds only): followers
+    /// answer them from local state without the read barrier.
+    #[cfg(feature = "fault-injection")]
+    pub fn with_stale_follower_reads(mut self, stale: bool) -> Self {
+        self.stale_follower_reads = stale;
+        self
     }
 
     /// The same API for a member with election timeout `election_timeout`
@@ -124,6 +138,8 @@ impl ClientApi {
             .stopping_on(self.stopping.subscribe());
         let kv = KvService::new(Arc::clone(&self.node), self.cluster_id, self.limits)
             .with_quota(self.quota);
+        #[cfg(feature = "fault-injection")]
+        let kv = kv.with_stale_follower_reads(self.stale_follower_reads);
         let watch = WatchService::new(Arc::clone(&self.node), self.cluster_id, self.watch)
             .stopping_on(self.stopping.subscribe());
         tonic::transport::Server::builder()
