@@ -192,6 +192,67 @@ async fn keep_alives_through_a_follower_hold_a_lease_across_a_leader_failover() 
     cluster.shutdown().await;
 }
 
+/// A leader cut off from the others still believes it leads for a while;
+/// it must not renew leases then (the others elect a leader that lets them
+/// expire), so a keep-alive sent to it fails and the client moves on. The
+/// fault suite found this: the old leader answered TTL 5 while the new one
+/// expired the lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_leader_renews_no_lease() {
+    let cluster = TestCluster::start(3).await;
+    let leader = cluster.wait_leader().await;
+    let mut old = cluster.client(leader).await;
+    let id = old.lease_grant(60, None).await.expect("grant").id();
+    assert_eq!(
+        keep_alive_once(&mut old, id).await,
+        60,
+        "renewed while it leads"
+    );
+
+    cluster.isolate(leader);
+    // etcd-client sends one keep-alive and waits for its answer when it
+    // opens the stream: the refusal may end either step.
+    let renewal = async {
+        let (mut keeper, mut responses) = old.lease_keep_alive(id).await?;
+        keeper.keep_alive().await?;
+        responses.message().await
+    };
+    let answer = tokio::time::timeout(WAIT, renewal)
+        .await
+        .expect("an answer (an error) in time");
+    assert!(
+        answer.is_err(),
+        "the isolated old leader renewed the lease: {answer:?}"
+    );
+
+    // The others elect a leader, which renews it. Until they have, a
+    // keep-alive through them fails (it is forwarded to the old leader),
+    // and the client tries again, as a client moving between members does.
+    let other = (0..cluster.size())
+        .find(|&i| i != leader)
+        .expect("a follower");
+    let mut through_other = cluster.client(other).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let renewal = async {
+            let (mut keeper, mut responses) = through_other.lease_keep_alive(id).await?;
+            keeper.keep_alive().await?;
+            responses.message().await
+        };
+        if let Ok(Ok(Some(response))) = tokio::time::timeout(WAIT, renewal).await {
+            assert_eq!(response.ttl(), 60);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no renewal through the other members within {WAIT:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    cluster.heal(leader);
+    cluster.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abandoned_lease_still_expires_after_a_leader_failover() {
     let mut cluster = TestCluster::start(3).await;

@@ -13,11 +13,20 @@
 //!   returns `None` otherwise), so a deposed leader's stale timers are never
 //!   consulted; the caller then retries against the leader it learns of.
 //! - Renewals never go through the log: they are the leader's own state,
-//!   as in etcd.
+//!   as in etcd. Before it renews, the leader confirms with a quorum that
+//!   it still leads ([`answer_confirmed`], etcd's `ensureLeadership`): an
+//!   isolated or deposed leader that still believes it leads would
+//!   otherwise tell the client its lease lives while the real leader lets
+//!   it expire. Its client gets an error instead and moves to another
+//!   member.
 
 use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
 
+use openraft::error::{CheckIsLeaderError, RaftError};
 use serde::{Deserialize, Serialize};
+
+use crate::types::{NodeId, Raft};
 
 /// A lease operation for the leader.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,3 +71,39 @@ pub trait LeaseKeeper: Send + Sync + 'static {
 /// service. The keeper is held weakly: it usually holds the node, and the
 /// node must close its stores when its owners drop it.
 pub(crate) type KeeperSlot = Arc<OnceLock<Weak<dyn LeaseKeeper>>>;
+
+/// Why [`answer_confirmed`] gave no answer.
+#[derive(Debug)]
+pub(crate) enum Unanswered {
+    /// This member does not lead, or no quorum confirmed in time that it
+    /// does; the leader it knows of, if any.
+    NotLeader(Option<NodeId>),
+    /// Leadership could not be confirmed, or openraft failed.
+    Failed(String),
+}
+
+/// Answers `op` with `keeper`, confirming first, for a renewal, that this
+/// member still leads with a quorum (within `within`).
+pub(crate) async fn answer_confirmed(
+    raft: &Raft,
+    keeper: &dyn LeaseKeeper,
+    op: LeaseOp,
+    within: Duration,
+) -> Result<LeaseAnswer, Unanswered> {
+    let leader = || raft.metrics().borrow().current_leader;
+    if matches!(op, LeaseOp::Renew { .. }) {
+        match tokio::time::timeout(within, raft.ensure_linearizable()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)))) => {
+                return Err(Unanswered::NotLeader(forward.leader_id));
+            }
+            Ok(Err(e)) => return Err(Unanswered::Failed(e.to_string())),
+            // Unconfirmed: as good as not leading. The caller looks for
+            // the leader again (the others may be electing one).
+            Err(_) => return Err(Unanswered::NotLeader(None)),
+        }
+    }
+    keeper
+        .answer(op)
+        .ok_or_else(|| Unanswered::NotLeader(leader()))
+}

@@ -83,7 +83,11 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
 
 use crate::election::ElectionClock;
-use crate::lease::{KeeperSlot, LeaseAnswer, LeaseOp};
+use crate::lease::{KeeperSlot, LeaseAnswer, LeaseOp, Unanswered};
+
+/// How long a leader waits for a quorum to confirm its leadership before
+/// it renews a lease for a forwarded keep-alive.
+const LEADERSHIP_CHECK: Duration = Duration::from_secs(3);
 use crate::members::{self, Directory, MembershipOp, Refusal};
 use crate::state_machine::StateMachine;
 use crate::types::{CommandResult, NodeId, Raft, TypeConfig};
@@ -306,9 +310,14 @@ impl proto::raft_server::Raft for PeerService {
                 None => Err(ForwardError::Raft(
                     "this member keeps no leases".to_string(),
                 )),
-                Some(keeper) => keeper.answer(op).ok_or_else(|| ForwardError::NotLeader {
-                    leader: self.raft.metrics().borrow().current_leader,
-                }),
+                Some(keeper) => {
+                    crate::lease::answer_confirmed(&self.raft, &*keeper, op, LEADERSHIP_CHECK)
+                        .await
+                        .map_err(|unanswered| match unanswered {
+                            Unanswered::NotLeader(leader) => ForwardError::NotLeader { leader },
+                            Unanswered::Failed(reason) => ForwardError::Raft(reason),
+                        })
+                }
             };
         Ok(Response::new(proto::LeaseResponse {
             payload: encode_reply(&result, "lease response")?,

@@ -833,7 +833,15 @@ impl RaftNode {
                     .get()
                     .and_then(std::sync::Weak::upgrade)
                     .ok_or_else(|| Error::Raft("this member keeps no leases".into()))?;
-                Ok(keeper.answer(op).ok_or(None))
+                match crate::lease::answer_confirmed(&self.raft, &*keeper, op, REQUEST_TIMEOUT / 3)
+                    .await
+                {
+                    Ok(answer) => Ok(Ok(answer)),
+                    Err(crate::lease::Unanswered::NotLeader(leader)) => Ok(Err(leader)),
+                    Err(crate::lease::Unanswered::Failed(reason)) => {
+                        Err(Error::Raft(reason.into()))
+                    }
+                }
             },
             |leader, addr, ttl| async move { self.network.lease(leader, &addr, op, ttl).await },
         )
