@@ -17,6 +17,9 @@
 #
 # Environment:
 #   MUSTER_IMAGE            image name (default muster:dev)
+#   MUSTER_IMAGE_FEATURES   cargo features of muster-cli to build with, for
+#                           test images only (e.g. fault-injection, which the
+#                           fault suite's breakage check uses)
 #   MUSTER_BUILD_TIMEOUT    seconds for cargo build (default 2400)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,7 +39,13 @@ if cargo metadata --no-deps --format-version 1 --locked 2>/dev/null |
     bins+=(musterctl)
 fi
 echo "build-image: building ${bins[*]} (release)" >&2
-timeout "$build_timeout" cargo build --release --locked $(printf -- '--bin %s ' "${bins[@]}")
+features=()
+if [ -n "${MUSTER_IMAGE_FEATURES:-}" ]; then
+    features=(--features "$(sed 's/[^ ,]\+/muster-cli\/&/g' <<<"$MUSTER_IMAGE_FEATURES")")
+    echo "build-image: with features ${features[1]} (a test image)" >&2
+fi
+timeout "$build_timeout" cargo build --release --locked "${features[@]}" \
+    $(printf -- '--bin %s ' "${bins[@]}")
 
 rm -rf "$context"
 mkdir -p "$context/rootfs/etc" "$context/data"

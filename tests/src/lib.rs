@@ -297,6 +297,26 @@ impl TestCluster {
         }
     }
 
+    /// Drops every Raft message from member `from` to member `to` (one
+    /// direction) until [`TestCluster::heal`] of either.
+    pub fn cut(&self, from: usize, to: usize) {
+        let to_id = self.member_id(to);
+        if let Some(running) = &self.slots[from].running {
+            running.node.faults().cut(self.member_id(from), to_id);
+        }
+    }
+
+    /// Delays every Raft message to member `i` by `delay` until
+    /// [`TestCluster::heal`].
+    pub fn delay(&self, i: usize, delay: Duration) {
+        let id = self.member_id(i);
+        for slot in &self.slots {
+            if let Some(running) = &slot.running {
+                running.node.faults().delay(id, delay);
+            }
+        }
+    }
+
     /// Member `i`'s ID.
     pub fn member_id(&self, i: usize) -> NodeId {
         self.slots[i].config.id

@@ -150,6 +150,17 @@ async fn run(member: Member) -> anyhow::Result<()> {
         .with_member_attributes(attributes)
         .with_election_timeout(std::time::Duration::from_millis(member.election_timeout_ms))
         .with_quota(member.quota_backend_bytes);
+    #[cfg(feature = "fault-injection")]
+    let api = {
+        let stale = std::env::var_os("MUSTER_FAULT_STALE_FOLLOWER_READS").is_some_and(|v| v == "1");
+        if stale {
+            tracing::warn!(
+                "MUSTER_FAULT_STALE_FOLLOWER_READS=1: followers answer linearizable reads \
+                 without the read barrier (a test build breaking a guarantee on purpose)"
+            );
+        }
+        api.with_stale_follower_reads(stale)
+    };
     let client_api = tokio::spawn(api.serve(client_listener, async {
         let _ = clients_stopped.await;
     }));
