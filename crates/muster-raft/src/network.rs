@@ -163,6 +163,9 @@ pub struct PeerService {
     cluster_id: u64,
     /// How long a membership change may wait for its commit.
     change_timeout: Duration,
+    /// The last log index this member had when it started (see
+    /// [`leader_read_index`]).
+    recovered_index: u64,
 }
 
 impl std::fmt::Debug for PeerService {
@@ -171,11 +174,37 @@ impl std::fmt::Debug for PeerService {
     }
 }
 
+/// The read index of a linearizable read served by this member as the
+/// leader: openraft's read log id (after a quorum confirmed the
+/// leadership), raised to `recovered_index`, the last log index this member
+/// had when it started.
+///
+/// The raise matters after a restart: openraft resumes a member whose vote
+/// for itself was committed as the leader at once, in the same term, with
+/// the committed index it last saved, which may lag what the cluster
+/// acknowledged before the restart; its read log id (the larger of that
+/// committed index and the term's first entry) can then be below an
+/// acknowledged write. Every acknowledged entry is in the leader's log, so
+/// reading at the last index it had at start is never stale; that index is
+/// committed by this leader, or the read fails with its leadership.
+pub(crate) async fn leader_read_index(
+    raft: &Raft,
+    recovered_index: u64,
+) -> Result<u64, RaftError<NodeId, CheckIsLeaderError<NodeId, BasicNode>>> {
+    let read = raft
+        .ensure_linearizable()
+        .await?
+        .map_or(0, |log_id| log_id.index);
+    Ok(read.max(recovered_index))
+}
+
 impl PeerService {
     /// A peer service forwarding to `raft`, member `id`'s openraft,
     /// restarting `clock` whenever a leader is heard from or a vote granted.
     /// Lease operations go to the keeper registered in `keeper`; the
     /// directory is read from `state_machine` and names `cluster_id`.
+    /// `recovered_index` is the last log index the member had at start.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         raft: Raft,
         id: NodeId,
@@ -184,6 +213,7 @@ impl PeerService {
         state_machine: StateMachine,
         cluster_id: u64,
         change_timeout: Duration,
+        recovered_index: u64,
     ) -> Self {
         PeerService {
             raft,
@@ -193,6 +223,7 @@ impl PeerService {
             state_machine,
             cluster_id,
             change_timeout,
+            recovered_index,
         }
     }
 
@@ -286,15 +317,16 @@ impl proto::raft_server::Raft for PeerService {
         &self,
         _request: Request<proto::ReadIndexRequest>,
     ) -> Result<Response<proto::ReadIndexResponse>, Status> {
-        let result: Result<u64, ForwardError> = match self.raft.ensure_linearizable().await {
-            Ok(read_log_id) => Ok(read_log_id.map_or(0, |log_id| log_id.index)),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
-                Err(ForwardError::NotLeader {
-                    leader: forward.leader_id,
-                })
-            }
-            Err(e) => Err(ForwardError::Raft(e.to_string())),
-        };
+        let result: Result<u64, ForwardError> =
+            match leader_read_index(&self.raft, self.recovered_index).await {
+                Ok(index) => Ok(index),
+                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
+                    Err(ForwardError::NotLeader {
+                        leader: forward.leader_id,
+                    })
+                }
+                Err(e) => Err(ForwardError::Raft(e.to_string())),
+            };
         Ok(Response::new(proto::ReadIndexResponse {
             payload: encode_reply(&result, "read-index response")?,
         }))

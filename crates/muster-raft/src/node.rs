@@ -54,6 +54,7 @@ use tokio::time::Instant;
 
 use muster_core::Command;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
+use openraft::storage::RaftLogStorage as _;
 use openraft::{BasicNode, ChangeMembers, SnapshotPolicy};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
@@ -238,6 +239,9 @@ pub struct RaftNode {
     /// The lease keeper answering [`RaftNode::lease`] here and forwarded
     /// lease operations from followers.
     keeper: KeeperSlot,
+    /// The last log index this member had when it started: the floor of
+    /// every read index it answers as the leader.
+    recovered_index: u64,
 }
 
 /// Where the next attempt of a forwarded request goes.
@@ -370,6 +374,15 @@ impl RaftNode {
             .local_addr()
             .map_err(|e| Error::io(config.data_dir.clone(), e))?;
         let log_store = LogStore::open(config.log_dir()).await?;
+        // Every entry this member had before it stopped; a read it serves
+        // as the leader is never below it (see `leader_read_index`).
+        let recovered_index = log_store
+            .clone()
+            .get_log_state()
+            .await
+            .map_err(|e| Error::Raft(Box::new(e)))?
+            .last_log_id
+            .map_or(0, |log_id| log_id.index);
         let state_machine = StateMachine::open(config.state_dir()).await?;
         let network = PeerNetworkFactory::new(config.id, faults.clone());
         let raft = Raft::new(
@@ -401,6 +414,7 @@ impl RaftNode {
             state_machine.clone(),
             config.cluster_id,
             REQUEST_TIMEOUT,
+            recovered_index,
         )
         .into_server();
         let incoming = crate::network::accept_nodelay(listener);
@@ -427,6 +441,7 @@ impl RaftNode {
             campaigner: Mutex::new(Some((stop_campaigner, campaigner))),
             clock,
             keeper,
+            recovered_index,
         })
     }
 
@@ -625,8 +640,11 @@ impl RaftNode {
     /// has applied that index. A read of the local state machine afterwards
     /// sees every write acknowledged before the call.
     ///
-    /// On the leader this is openraft's `ensure_linearizable`; a follower
-    /// asks the leader over the peer service (`ReadIndex`). Every failed
+    /// On the leader this is openraft's `ensure_linearizable`, its index
+    /// raised to the last log index the member had when it started (a
+    /// member restarted as the leader may know a stale committed index); a
+    /// follower asks the leader over the peer service (`ReadIndex`), which
+    /// answers the same way. Every failed
     /// attempt is retried (a read changes nothing), at most 5 attempts and
     /// within `timeout` in all. Concurrent barriers on one follower each ask
     /// the leader; sharing one confirmation between them is a later
@@ -652,8 +670,9 @@ impl RaftNode {
             let ttl = deadline.saturating_duration_since(Instant::now());
             match target {
                 Target::Local => {
-                    match tokio::time::timeout(ttl, self.raft.ensure_linearizable()).await {
-                        Ok(Ok(_)) => return Ok(()),
+                    let read = crate::network::leader_read_index(&self.raft, self.recovered_index);
+                    match tokio::time::timeout(ttl, read).await {
+                        Ok(Ok(index)) => return self.wait_applied(index, deadline, timeout).await,
                         Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(
                             forward,
                         )))) => {

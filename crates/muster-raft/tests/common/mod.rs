@@ -338,6 +338,11 @@ impl Cluster {
             .collect()
     }
 
+    /// The configuration member `id` was started with.
+    pub(crate) fn config(&self, id: NodeId) -> RaftNodeConfig {
+        lock(&self.slots).get(&id).expect("member").config.clone()
+    }
+
     /// Stops running member `id`; its slot stays, so it can be restarted.
     pub(crate) async fn stop(&self, id: NodeId) {
         let node = lock(&self.running).remove(&id).expect("member is running");
