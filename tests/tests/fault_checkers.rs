@@ -69,9 +69,15 @@ async fn run_with_faults(configure: muster_tests::Configure, schedule: &[Fault])
             detail: None,
         })
     };
+    let mut healed: Option<Fault> = None;
     for &fault in schedule {
         tokio::time::sleep(QUIET).await;
         let leader = cluster.wait_leader().await;
+        // As the script does: the previous fault's effects last until the
+        // cluster has a leader again after the quiet time.
+        if let Some(previous) = healed.take() {
+            faults.push(record(previous, "settled"));
+        }
         let follower = (0..cluster.size())
             .find(|&i| i != leader)
             .expect("a follower");
@@ -87,6 +93,12 @@ async fn run_with_faults(configure: muster_tests::Configure, schedule: &[Fault])
             cluster.heal(i);
         }
         faults.push(record(fault, "heal"));
+        healed = Some(fault);
+    }
+    tokio::time::sleep(QUIET).await;
+    cluster.wait_leader().await;
+    if let Some(previous) = healed {
+        faults.push(record(previous, "settled"));
     }
 
     let summary = tokio::time::timeout(run + Duration::from_secs(60), workload)

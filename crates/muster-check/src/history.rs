@@ -282,7 +282,8 @@ pub struct FaultRecord {
     pub wall_ns: u64,
     /// The fault's name, e.g. `isolate-leader`.
     pub fault: String,
-    /// `start`, `heal`, or `note`.
+    /// `start`, `heal`, `settled` (the cluster was healthy with one leader
+    /// again after the heal), or `note`.
     pub phase: String,
     /// Which members, and anything else worth knowing.
     #[serde(default)]

@@ -28,15 +28,19 @@
 //! keep-alive that never completed, or any revoke that did not fail, exempts
 //! the lease). Its deadline is L + TTL + election timeout +
 //! [`crate::Options::lease_slack`], extended by the whole duration of every
-//! fault window (a fault's `start` to the next `heal` of the same name, on
-//! the wall clock mapped onto `t` by the start record's `wall_ns`) that
+//! fault window (a fault's `start` to the next `heal` of the same name, or
+//! to the `settled` record after that heal when there is one, on the wall
+//! clock mapped onto `t` by the start record's `wall_ns`) that
 //! overlaps [L, deadline], and at least to the end of any such window plus
 //! TTL, 3 election timeouts and the slack, recomputed until no new window
 //! overlaps:
 //! a fault can legitimately delay expiry (no quorum to commit the
 //! revocation), and a leader change restarts every lease at its TTL plus an
 //! election timeout (muster's lessor), which can follow a fault's end by
-//! two election timeouts. Faults the script did not record count too: the
+//! two election timeouts, or by longer when a member that was cut off
+//! rejoins with a higher term and forces an election (which is why a window
+//! lasts until the cluster settled). Faults the script did not record count
+//! too: the
 //! stretches (merged) in which some operation ended `info` are suspected
 //! fault windows. A fault never healed that overlaps exempts the lease.
 //! After the deadline:
@@ -610,6 +614,7 @@ fn fault_windows(h: &History<'_>) -> Vec<Window> {
     let mut faults: Vec<_> = h.faults.iter().collect();
     faults.sort_by_key(|f| f.wall_ns);
     let mut open: HashMap<&str, Vec<usize>> = HashMap::new();
+    let mut healed: HashMap<&str, usize> = HashMap::new();
     for f in faults {
         let t = f.wall_ns.saturating_sub(start.wall_ns);
         match f.phase.as_str() {
@@ -632,6 +637,12 @@ fn fault_windows(h: &History<'_>) -> Vec<Window> {
                     }
                 }) {
                     windows[i].end = Some(t.max(windows[i].start));
+                    healed.insert(f.fault.as_str(), i);
+                }
+            }
+            "settled" => {
+                if let Some(&i) = healed.get(f.fault.as_str()) {
+                    windows[i].end = windows[i].end.map(|end| end.max(t));
                 }
             }
             _ => {}

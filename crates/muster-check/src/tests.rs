@@ -823,6 +823,29 @@ fn a_fault_window_over_the_deadline_excuses_a_late_expiry() {
 }
 
 #[test]
+fn a_fault_lasts_until_the_cluster_settled_after_its_heal() {
+    // Healed before the last renewal (10 ms), but the cluster settled only
+    // at 6 s (a rejoining member forced an election, restarting the lease):
+    // the deadline is at least 6 + 5 + 3 + 2 = 16 s.
+    let late = |settled: bool| {
+        let mut h = leased(0);
+        h.fault(1, "isolate-leader", "start");
+        h.fault(5, "isolate-leader", "heal");
+        if settled {
+            h.fault(6_000, "isolate-leader", "settled");
+        }
+        h.watch(14_000, 0, events(3, vec![ev_del("a", 3)]));
+        h.watch(60_000, 0, progress(3));
+        h.check()
+    };
+    let r = late(true);
+    assert!(r.is_valid(), "{r}");
+    assert_eq!(r.faults, 1);
+    let r = late(false);
+    assert_eq!(kinds(&r), vec![LeaseNotExpired], "{r}");
+}
+
+#[test]
 fn operations_timing_out_are_a_suspected_fault_that_excuses_a_late_expiry() {
     // No fault was recorded, but requests timed out from 1 s to 12 s: a
     // leader change may have restarted the lease (deadline 12 + 5 + 3 + 2 s).
