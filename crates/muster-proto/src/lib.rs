@@ -63,3 +63,31 @@ pub mod etcdserverpb {
 }
 
 pub mod convert;
+
+/// The end of the range of every key starting with `prefix`, as etcd's
+/// `GetPrefixRangeEnd` computes it: the prefix with its last byte below
+/// 0xff incremented and what follows dropped; `[0]` (every key) when there
+/// is no such byte.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+#[cfg(test)]
+mod prefix_tests {
+    use super::prefix_end;
+
+    #[test]
+    fn prefix_end_is_etcds() {
+        assert_eq!(prefix_end(b"/a/"), b"/a0".to_vec());
+        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
+        assert_eq!(prefix_end(b"\xff\xff"), vec![0]);
+        assert_eq!(prefix_end(b""), vec![0]);
+    }
+}

@@ -179,16 +179,5 @@ pub(crate) async fn call<T>(
     }
 }
 
-/// The end of the range of every key starting with `prefix`, as etcd
-/// computes it: the prefix with its last byte below 0xff incremented and
-/// what follows dropped; `[0]` (every key) when there is no such byte.
-pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
-}
+/// The end of the range of every key starting with `prefix` (etcd's).
+pub use muster_proto::prefix_end;

@@ -158,18 +158,9 @@ pub(crate) struct WatchArgs {
     pub(crate) timeout: Option<Duration>,
 }
 
-/// The end of the range of keys that start with `prefix`, as etcd's
-/// `GetPrefixRangeEnd` computes it (`"\0"` when no such end exists).
-pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
-}
+/// The end of the range of keys that start with `prefix` (etcd's
+/// `GetPrefixRangeEnd`).
+pub(crate) use muster_proto::prefix_end;
 
 /// The `(key, range_end)` a command addresses.
 fn key_range(
