@@ -164,7 +164,7 @@ fn normalise(text: &str, endpoint: &str, dir: &Path) -> String {
 
 /// Masks what etcdctl's member and endpoint lines print that differs:
 /// IDs printed with `%16x` or `%x` (short ones are not caught by
-/// [`mask_hex_ids`]), the order of `ETCD_INITIAL_CLUSTER` (ID order, and
+/// [`mask_hex_ids`], and `%16x` pads them with spaces), the order of `ETCD_INITIAL_CLUSTER` (ID order, and
 /// IDs are random), and `endpoint status`'s version, sizes and Raft
 /// indexes (storage facts that differ by design, see the README).
 fn mask_member_lines(text: &str) -> String {
@@ -177,6 +177,13 @@ fn mask_member_lines(text: &str) -> String {
             let (id, tail) = rest.split_once(' ').unwrap_or((rest, ""));
             if is_hex(id) {
                 line = format!("Member <ID> {tail}");
+            }
+            // "... in cluster %16x": a cluster ID below 2^60 is padded
+            // with spaces, so it is masked whatever its length.
+            if let Some((head, cluster)) = line.rsplit_once(" cluster ") {
+                if is_hex(cluster.trim_start()) {
+                    line = format!("{head} cluster <ID>");
+                }
             }
         }
         let mut fields: Vec<String> = line.split(", ").map(str::to_string).collect();
@@ -597,4 +604,19 @@ async fn etcdctl_sees_the_nospace_alarm_as_against_etcd() {
         "etcd kept the put after the disarm: {read_back:?}"
     );
     assert_same(&expected, &got);
+}
+
+#[test]
+fn member_lines_mask_ids_of_any_length_and_padding() {
+    // etcdctl prints the cluster ID with %16x: one below 2^60 gets a
+    // leading space, and must mask the same as a full-length one.
+    let padded = "Member 8e9e05c52164694d removed from cluster  f66c30f5b619e63";
+    let full = "Member 18e9e05c5216469 removed from cluster cdf818194e3a8c32";
+    assert_eq!(mask_member_lines(padded), mask_member_lines(full));
+    assert_eq!(
+        mask_member_lines(full),
+        "Member <ID> removed from cluster <ID>"
+    );
+    // A line without a cluster ID is left alone.
+    assert_eq!(mask_member_lines("OK"), "OK");
 }
