@@ -180,10 +180,10 @@ fn mask_member_lines(text: &str) -> String {
             }
             // "... in cluster %16x": a cluster ID below 2^60 is padded
             // with spaces, so it is masked whatever its length.
-            if let Some((head, cluster)) = line.rsplit_once(" cluster ") {
-                if is_hex(cluster.trim_start()) {
-                    line = format!("{head} cluster <ID>");
-                }
+            if let Some((head, cluster)) = line.rsplit_once(" cluster ")
+                && is_hex(cluster.trim_start())
+            {
+                line = format!("{head} cluster <ID>");
             }
         }
         let mut fields: Vec<String> = line.split(", ").map(str::to_string).collect();
