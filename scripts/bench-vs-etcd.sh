@@ -4,6 +4,11 @@
 # on, the same muster-bench workloads against each, one after the other.
 #
 #   bash scripts/bench-vs-etcd.sh [--quick] [--out DIR] [--only NAME[,NAME]]
+#                                 [--systems etcd,muster] [--muster-bin PATH]
+#
+# --systems runs only those systems (the table then shows what it has);
+# --muster-bin measures that muster binary instead of building one (to
+# compare two builds of muster: run each with --systems muster).
 #
 # For each system it
 #   1. starts 3 members on free loopback ports with fresh data dirs;
@@ -43,12 +48,14 @@ say() { echo "$log_name: $*" >&2; }
 die() { say "ERROR: $*"; exit 1; }
 now_ms() { date +%s%3N; }
 
-quick=0 out="" only=""
+quick=0 out="" only="" systems="etcd,muster" muster_bin=""
 while (($#)); do
     case $1 in
     --quick) quick=1 ;;
     --out) out=${2:?}; shift ;;
     --only) only=${2:?}; shift ;;
+    --systems) systems=${2:?}; shift ;;
+    --muster-bin) muster_bin=$(realpath "${2:?}"); shift ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
     esac
@@ -80,8 +87,9 @@ if ((${#missing[@]})); then
 fi
 say "building muster and muster-bench (release)"
 timeout "${MUSTER_BUILD_TIMEOUT:-1800}" cargo build --release --locked -q -p muster-cli -p muster-bench
-muster_bin=$PWD/target/release/muster
+muster_bin=${muster_bin:-$PWD/target/release/muster}
 bench_bin=$PWD/target/release/muster-bench
+[ -x "$muster_bin" ] || die "no muster binary at $muster_bin"
 
 work=$(mktemp -d)
 if [ -z "$out" ]; then out=$(mktemp -d); fi
@@ -281,12 +289,14 @@ run_system() {
 restart_1m() {
     wanted restart-1m || return 0
     local t0 ms
-    cluster_start muster 1
+    # Its own data dir ($work/muster-1m-1), not the 3-member cluster's.
+    cluster_start muster-1m 1
+    system=muster
     timeout 1800 "$bench_bin" --endpoints "$client_eps" --json --clients 128 --conns 16 \
         --total 1 --key-space "$restart_keys" --key-size 32 --val-size 256 range >/dev/null
     cluster_stop
     t0=$(now_ms)
-    start_member muster 1 "m1=http://127.0.0.1:$(peer_port 1)"
+    start_member muster-1m 1 "m1=http://127.0.0.1:$(peer_port 1)"
     until timeout 2 etcdctl --endpoints "$client_eps" --dial-timeout=500ms --command-timeout=1s \
         get bench/range/0 >/dev/null 2>&1; do
         (($(now_ms) - t0 < 120000)) || { say "muster restart: not serving within 120 s"; break; }
@@ -298,22 +308,26 @@ restart_1m() {
     cluster_stop
 }
 
-for s in etcd muster; do run_system "$s"; done
-system=muster
-restart_1m
+for s in etcd muster; do
+    if [[ ",$systems," == *",$s,"* ]]; then run_system "$s"; fi
+done
+if [[ ",$systems," == *",muster,"* ]]; then
+    system=muster
+    restart_1m
+fi
 
 # --- the table ------------------------------------------------------------------------
 
 jq -rs -f /dev/stdin "$out/results.jsonl" >"$out/table.md" <<'JQ'
 def get(s; n): (map(select(.system == s and .name == n)) | .[0]) // {};
 def r(x): if x == null then "–" else (x * 100 | round / 100 | tostring) end;
-def zero(label; n; f):
+def zero(what; n; f):
   (get("etcd"; n) | f) as $e | (get("muster"; n) | f) as $m |
-  "| \(label) | \(r($e)) | \(r($m)) | – | 0 | \(if $m == 0 then "yes" elif $m == null then "–" else "no" end) |";
-def row(label; n; f; target; better):
+  "| \(what) | \(r($e)) | \(r($m)) | – | 0 | \(if $m == 0 then "yes" elif $m == null then "–" else "no" end) |";
+def row(what; n; f; target; better):
   (get("etcd"; n) | f) as $e | (get("muster"; n) | f) as $m |
   (if $e != null and $m != null and $e > 0 then $m / $e else null end) as $ratio |
-  "| \(label) | \(r($e)) | \(r($m)) | \(r($ratio))× | \(target) | " +
+  "| \(what) | \(r($e)) | \(r($m)) | \(r($ratio))× | \(target) | " +
   (if $ratio == null then "–" elif better == "higher" then (if $ratio >= (target | ltrimstr("≥ ") | rtrimstr("×") | tonumber) then "yes" else "no" end)
    else (if $ratio <= (target | ltrimstr("≤ ") | rtrimstr("×") | tonumber) then "yes" else "no" end) end) + " |";
 "| workload, 3 members on loopback | etcd | muster | muster/etcd | target | met |",
