@@ -315,6 +315,12 @@ pub enum Command {
         /// Which alarm.
         alarm: AlarmType,
     },
+    /// Client writes proposed together as one log entry (group commit: one
+    /// append and one fsync for all of them). Applied in order, each as if
+    /// it were an entry of its own: its own revision, its own result in
+    /// [`Response::Batch`], a refusal leaving the others applied. Only the
+    /// leader's proposer builds batches, of client writes.
+    Batch(Vec<Command>),
 }
 
 /// The answer to a [`Command`].
@@ -364,6 +370,9 @@ pub enum Response {
         /// or was not (cleared).
         changed: Vec<AlarmMember>,
     },
+    /// Answer to [`Command::Batch`]: each command's response or refusal,
+    /// in order.
+    Batch(Vec<Result<Response, crate::Error>>),
 }
 
 impl Response {
@@ -379,6 +388,12 @@ impl Response {
             | Response::LeaseCheckpoint { revision }
             | Response::Member { revision }
             | Response::Alarm { revision, .. } => *revision,
+            Response::Batch(results) => results
+                .iter()
+                .filter_map(|result| result.as_ref().ok())
+                .map(Response::revision)
+                .max()
+                .unwrap_or(0),
         }
     }
 }

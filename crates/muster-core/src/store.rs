@@ -288,6 +288,22 @@ impl Store {
                     events: Vec::new(),
                 })
             }
+            Command::Batch(commands) => {
+                // Each command as if it had an entry of its own: a refusal
+                // leaves the store as it was before that command only.
+                let mut results = Vec::with_capacity(commands.len());
+                let mut events = Vec::new();
+                for command in commands {
+                    results.push(self.apply(index, command).map(|applied| {
+                        events.extend(applied.events);
+                        applied.response
+                    }));
+                }
+                Ok(Applied {
+                    response: Response::Batch(results),
+                    events,
+                })
+            }
         }
     }
 

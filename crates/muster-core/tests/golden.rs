@@ -311,6 +311,9 @@ impl Runner {
             Response::Alarm { revision, changed } => {
                 writeln!(out, "alarm rev={revision} changed={changed:?}")?
             }
+            // Scripts apply one command per entry; batches are covered by
+            // tests/invariants.rs.
+            Response::Batch(results) => writeln!(out, "batch {results:?}")?,
         }
         for event in &applied.events {
             print_event(out, "  ", event)?;

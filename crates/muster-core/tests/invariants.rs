@@ -495,3 +495,78 @@ proptest! {
         );
     }
 }
+
+#[test]
+fn a_batch_applies_like_one_entry_per_command() {
+    let commands = vec![
+        put("a", "3"),
+        // Refused (unknown lease): the others still apply.
+        put_leased("c", 99),
+        Command::DeleteRange(DeleteRangeRequest {
+            key: b("svc/x"),
+            ..Default::default()
+        }),
+        Command::Txn(TxnRequest {
+            compare: vec![Compare {
+                key: b("a"),
+                range_end: Bytes::new(),
+                result: CompareResult::Equal,
+                target: CompareTarget::Value(b("3")),
+            }],
+            success: vec![RequestOp::Put(PutRequest {
+                key: b("t"),
+                value: b("yes"),
+                ..Default::default()
+            })],
+            failure: vec![],
+        }),
+    ];
+    let mut one_by_one = busy_store();
+    let mut expected = Vec::new();
+    let mut expected_events = Vec::new();
+    for command in commands.clone() {
+        let result = one_by_one.apply(100, command).map(|applied| {
+            expected_events.extend(applied.events);
+            applied.response
+        });
+        expected.push(result);
+    }
+    assert_eq!(expected[1], Err(Error::LeaseNotFound));
+
+    let mut batched = busy_store();
+    let applied = batched.apply(100, Command::Batch(commands)).expect("batch");
+    assert_eq!(applied.response, Response::Batch(expected));
+    assert_eq!(applied.events, expected_events);
+    assert_eq!(batched.snapshot(), one_by_one.snapshot());
+    assert_eq!(
+        applied.response.revision(),
+        batched.revision(),
+        "a batch answers with its last command's revision"
+    );
+    // Three commands changed keys: three revisions, one per command.
+    assert_eq!(batched.revision(), busy_store().revision() + 3);
+}
+
+#[test]
+fn lease_grants_in_one_batch_get_distinct_derived_ids() {
+    let mut store = Store::new();
+    let grant = Command::LeaseGrant { id: 0, ttl: 10 };
+    let applied = store
+        .apply(5, Command::Batch(vec![grant.clone(), grant.clone(), grant]))
+        .expect("batch");
+    let Response::Batch(results) = applied.response else {
+        panic!("a batch answers with a batch");
+    };
+    let ids: Vec<i64> = results
+        .into_iter()
+        .map(|result| match result {
+            Ok(Response::LeaseGrant { id, .. }) => id,
+            other => panic!("grant: {other:?}"),
+        })
+        .collect();
+    assert!(ids.iter().all(|&id| id > 0 && store.lease(id).is_some()));
+    let mut distinct = ids.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 3, "{ids:?}");
+}

@@ -45,6 +45,8 @@ mod members;
 pub mod metrics;
 pub mod network;
 mod node;
+mod proposer;
+mod read_index;
 mod record;
 mod snapshot_file;
 mod state_machine;

@@ -27,6 +27,13 @@ fn histogram(name: &str, help: &str) -> Histogram {
         .expect("register histogram")
 }
 
+/// A histogram of counts: 1 to 1024, doubling.
+fn count_histogram(name: &str, help: &str) -> Histogram {
+    let buckets = prometheus::exponential_buckets(1.0, 2.0, 11).expect("valid buckets");
+    register_histogram!(HistogramOpts::new(name, help).buckets(buckets))
+        .expect("register histogram")
+}
+
 /// Time to write a batch of entries to the log (before the flush).
 pub static LOG_APPEND_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
     histogram(
@@ -122,6 +129,24 @@ pub static PROPOSALS_APPLIED: LazyLock<IntGauge> = LazyLock::new(|| {
     .expect("register gauge")
 });
 
+/// How many client writes each entry the leader's proposer appended held
+/// (1 when a write went alone).
+pub static BATCH_COMMANDS: LazyLock<Histogram> = LazyLock::new(|| {
+    count_histogram(
+        "muster_server_proposal_batch_commands",
+        "Client writes per Raft log entry the leader proposed (group commit).",
+    )
+});
+
+/// How many linearizable reads each leadership confirmation of the leader
+/// answered (read-index batching).
+pub static READ_INDEX_BATCH: LazyLock<Histogram> = LazyLock::new(|| {
+    count_histogram(
+        "muster_server_read_index_batch_reads",
+        "Linearizable reads answered per leadership confirmation round on the leader.",
+    )
+});
+
 /// Registers every metric of this module, so all appear on a scrape
 /// before their first event.
 pub fn register() {
@@ -136,4 +161,6 @@ pub fn register() {
     LazyLock::force(&PROPOSALS_FAILED);
     LazyLock::force(&PROPOSALS_PENDING);
     LazyLock::force(&PROPOSALS_APPLIED);
+    LazyLock::force(&BATCH_COMMANDS);
+    LazyLock::force(&READ_INDEX_BATCH);
 }

@@ -89,6 +89,8 @@ use crate::lease::{KeeperSlot, LeaseAnswer, LeaseOp, Unanswered};
 /// it renews a lease for a forwarded keep-alive.
 const LEADERSHIP_CHECK: Duration = Duration::from_secs(3);
 use crate::members::{self, Directory, MembershipOp, Refusal};
+use crate::proposer::Proposer;
+use crate::read_index::{ReadIndexError, ReadIndexGroup};
 use crate::state_machine::StateMachine;
 use crate::types::{CommandResult, NodeId, Raft, TypeConfig};
 
@@ -156,6 +158,8 @@ pub enum ForwardError {
 #[derive(Clone)]
 pub struct PeerService {
     raft: Raft,
+    /// Forwarded writes join the leader's group commit.
+    proposer: Proposer,
     id: NodeId,
     clock: ElectionClock,
     keeper: KeeperSlot,
@@ -163,9 +167,8 @@ pub struct PeerService {
     cluster_id: u64,
     /// How long a membership change may wait for its commit.
     change_timeout: Duration,
-    /// The last log index this member had when it started (see
-    /// [`leader_read_index`]).
-    recovered_index: u64,
+    /// The leader's read-index rounds, shared with the member's own reads.
+    reads: ReadIndexGroup,
 }
 
 impl std::fmt::Debug for PeerService {
@@ -199,31 +202,33 @@ pub(crate) async fn leader_read_index(
 }
 
 impl PeerService {
-    /// A peer service forwarding to `raft`, member `id`'s openraft,
-    /// restarting `clock` whenever a leader is heard from or a vote granted.
-    /// Lease operations go to the keeper registered in `keeper`; the
-    /// directory is read from `state_machine` and names `cluster_id`.
-    /// `recovered_index` is the last log index the member had at start.
+    /// A peer service forwarding to `raft`, member `id`'s openraft: writes
+    /// through `proposer`, read indexes from `reads`. It restarts `clock`
+    /// whenever a leader is heard from or a vote granted. Lease operations
+    /// go to the keeper registered in `keeper`; the directory is read from
+    /// `state_machine` and names `cluster_id`.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         raft: Raft,
+        proposer: Proposer,
+        reads: ReadIndexGroup,
         id: NodeId,
         clock: ElectionClock,
         keeper: KeeperSlot,
         state_machine: StateMachine,
         cluster_id: u64,
         change_timeout: Duration,
-        recovered_index: u64,
     ) -> Self {
         PeerService {
             raft,
+            proposer,
+            reads,
             id,
             clock,
             keeper,
             state_machine,
             cluster_id,
             change_timeout,
-            recovered_index,
         }
     }
 
@@ -298,16 +303,15 @@ impl proto::raft_server::Raft for PeerService {
         request: Request<proto::ForwardRequest>,
     ) -> Result<Response<proto::ForwardResponse>, Status> {
         let command: Command = decode_request(&request.into_inner().payload, "forwarded command")?;
-        let result: Result<CommandResult, ForwardError> =
-            match self.raft.client_write(command).await {
-                Ok(response) => Ok(response.data),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
-                    Err(ForwardError::NotLeader {
-                        leader: forward.leader_id,
-                    })
-                }
-                Err(e) => Err(ForwardError::Raft(e.to_string())),
-            };
+        let result: Result<CommandResult, ForwardError> = match self.proposer.write(command).await {
+            Ok(result) => Ok(result),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                Err(ForwardError::NotLeader {
+                    leader: forward.leader_id,
+                })
+            }
+            Err(e) => Err(ForwardError::Raft(e.to_string())),
+        };
         Ok(Response::new(proto::ForwardResponse {
             payload: encode_reply(&result, "forward response")?,
         }))
@@ -317,16 +321,20 @@ impl proto::raft_server::Raft for PeerService {
         &self,
         _request: Request<proto::ReadIndexRequest>,
     ) -> Result<Response<proto::ReadIndexResponse>, Status> {
-        let result: Result<u64, ForwardError> =
-            match leader_read_index(&self.raft, self.recovered_index).await {
-                Ok(index) => Ok(index),
-                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
+        let result: Result<u64, ForwardError> = match self.reads.read_index().await {
+            Ok(index) => Ok(index),
+            Err(ReadIndexError::Raft(refused)) => match *refused {
+                RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)) => {
                     Err(ForwardError::NotLeader {
                         leader: forward.leader_id,
                     })
                 }
-                Err(e) => Err(ForwardError::Raft(e.to_string())),
-            };
+                e => Err(ForwardError::Raft(e.to_string())),
+            },
+            Err(ReadIndexError::NoQuorum) => Err(ForwardError::Raft(
+                "no quorum confirmed the leadership".into(),
+            )),
+        };
         Ok(Response::new(proto::ReadIndexResponse {
             payload: encode_reply(&result, "read-index response")?,
         }))

@@ -67,6 +67,8 @@ use crate::log_store::LogStore;
 use crate::members::{self, MembershipOp, Refusal};
 use crate::metrics;
 use crate::network::{FaultInjector, ForwardError, PeerCallError, PeerNetworkFactory, PeerService};
+use crate::proposer::Proposer;
+use crate::read_index::{ReadIndexError, ReadIndexGroup};
 use crate::state_machine::StateMachine;
 use crate::types::{
     CommandResult, DEFAULT_ELECTION_TIMEOUT_MS, DEFAULT_HEARTBEAT_MS, NodeId, Raft, raft_config,
@@ -239,9 +241,13 @@ pub struct RaftNode {
     /// The lease keeper answering [`RaftNode::lease`] here and forwarded
     /// lease operations from followers.
     keeper: KeeperSlot,
-    /// The last log index this member had when it started: the floor of
-    /// every read index it answers as the leader.
-    recovered_index: u64,
+    /// The leader's read-index rounds (shared with the peer service); the
+    /// floor of every read index is the last log index this member had
+    /// when it started.
+    reads: ReadIndexGroup,
+    /// Group commit of client writes proposed here as the leader, local
+    /// and forwarded (shared with the peer service).
+    proposer: Proposer,
 }
 
 /// Where the next attempt of a forwarded request goes.
@@ -406,15 +412,18 @@ impl RaftNode {
         );
         let (stop, stopped) = oneshot::channel::<()>();
         let keeper = KeeperSlot::default();
+        let proposer = Proposer::start(raft.clone());
+        let reads = ReadIndexGroup::new(raft.clone(), recovered_index);
         let service = PeerService::new(
             raft.clone(),
+            proposer.clone(),
+            reads.clone(),
             config.id,
             clock.clone(),
             Arc::clone(&keeper),
             state_machine.clone(),
             config.cluster_id,
             REQUEST_TIMEOUT,
-            recovered_index,
         )
         .into_server();
         let incoming = crate::network::accept_nodelay(listener);
@@ -441,7 +450,8 @@ impl RaftNode {
             campaigner: Mutex::new(Some((stop_campaigner, campaigner))),
             clock,
             keeper,
-            recovered_index,
+            proposer,
+            reads,
         })
     }
 
@@ -493,10 +503,9 @@ impl RaftNode {
     /// core refuses is not an error here: it is applied as
     /// [`CommandResult::Failed`] on every replica.
     pub async fn write(&self, command: Command) -> Result<CommandResult, Error> {
-        self.raft
-            .client_write(command)
+        self.proposer
+            .write(command)
             .await
-            .map(|response| response.data)
             .map_err(client_write_error)
     }
 
@@ -644,11 +653,10 @@ impl RaftNode {
     /// raised to the last log index the member had when it started (a
     /// member restarted as the leader may know a stale committed index); a
     /// follower asks the leader over the peer service (`ReadIndex`), which
-    /// answers the same way. Every failed
-    /// attempt is retried (a read changes nothing), at most 5 attempts and
-    /// within `timeout` in all. Concurrent barriers on one follower each ask
-    /// the leader; sharing one confirmation between them is a later
-    /// optimisation.
+    /// answers the same way. Concurrent barriers on the leader, its own and
+    /// its followers', share one confirmation round (`read_index.rs`).
+    /// Every failed attempt is retried (a read changes nothing), at most 5
+    /// attempts and within `timeout` in all.
     ///
     /// Fails with [`Error::NotLeader`] when no leader became known within
     /// `timeout`, with [`Error::Timeout`] when none answered or this member
@@ -669,22 +677,24 @@ impl RaftNode {
             };
             let ttl = deadline.saturating_duration_since(Instant::now());
             match target {
-                Target::Local => {
-                    let read = crate::network::leader_read_index(&self.raft, self.recovered_index);
-                    match tokio::time::timeout(ttl, read).await {
-                        Ok(Ok(index)) => return self.wait_applied(index, deadline, timeout).await,
-                        Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(
-                            forward,
-                        )))) => {
+                Target::Local => match tokio::time::timeout(ttl, self.reads.read_index()).await {
+                    Ok(Ok(index)) => return self.wait_applied(index, deadline, timeout).await,
+                    Ok(Err(ReadIndexError::Raft(refused))) => match *refused {
+                        RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)) => {
                             hint = forward.leader_id;
                             miss = Miss::NotLeader(forward.leader_id);
                         }
-                        Ok(Err(e)) => return Err(Error::Raft(Box::new(e))),
-                        Err(_) => {
-                            miss = Miss::Unreachable(self.id, "no quorum confirmed".into());
+                        // Peers that did not answer one heartbeat round in
+                        // time: another round may get a quorum.
+                        RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(short)) => {
+                            miss = Miss::Unreachable(self.id, short.to_string());
                         }
+                        e => return Err(Error::Raft(Box::new(e))),
+                    },
+                    Ok(Err(ReadIndexError::NoQuorum)) | Err(_) => {
+                        miss = Miss::Unreachable(self.id, "no quorum confirmed".into());
                     }
-                }
+                },
                 Target::Remote(leader, addr) => {
                     match self.network.read_index(leader, &addr, ttl).await {
                         Ok(Ok(index)) => return self.wait_applied(index, deadline, timeout).await,

@@ -14,8 +14,9 @@
 //!   ([`StateMachine::store`]) gets an O(1) clone of a state that is exactly
 //!   "the log applied up to `last_applied`". The lock is a std lock because
 //!   no critical section awaits.
-//! - **Publishing never blocks apply.** Each entry that produced events is
-//!   published as one [`AppliedEvents`] on a bounded
+//! - **Publishing never blocks apply.** Each revision an entry produced
+//!   (one, or one per command of a batch) is published as one
+//!   [`AppliedEvents`] on a bounded
 //!   [`tokio::sync::broadcast`] channel *after* the lock is released, so a
 //!   receiver that reads the store sees at least that entry. A receiver that
 //!   falls behind loses the oldest messages and learns it from
@@ -60,16 +61,39 @@ pub const DEFAULT_EVENT_CAPACITY: usize = 1024;
 /// The largest event capacity a state machine accepts.
 pub const MAX_EVENT_CAPACITY: usize = 1 << 20;
 
-/// The events one applied log entry produced, as published to subscribers.
+/// The events of one revision an applied log entry produced, as published
+/// to subscribers (an entry holding a batch publishes one per command that
+/// changed keys).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AppliedEvents {
     /// The log index of the entry.
     pub index: u64,
-    /// The store's revision after the entry: the revision of the events.
+    /// The revision of the events. When this is published the store holds
+    /// at least the whole entry, so its revision may be higher.
     pub revision: i64,
     /// The changes, in revision order. Empty when a snapshot replaced the
     /// store: catch up from history up to `revision`.
     pub events: Vec<Event>,
+}
+
+/// The events of the entry at `index`, one [`AppliedEvents`] per revision:
+/// an entry holds one revision, or one per command of a
+/// [`muster_core::Command::Batch`]. Events come in revision order, and
+/// every event of a revision carries it in `kv.mod_revision`.
+fn per_revision(index: u64, events: Vec<Event>) -> Vec<Arc<AppliedEvents>> {
+    let mut out: Vec<AppliedEvents> = Vec::new();
+    for event in events {
+        let revision = event.kv.mod_revision;
+        match out.last_mut() {
+            Some(last) if last.revision == revision => last.events.push(event),
+            _ => out.push(AppliedEvents {
+                index,
+                revision,
+                events: vec![event],
+            }),
+        }
+    }
+    out.into_iter().map(Arc::new).collect()
 }
 
 /// The replicated state machine of one member.
@@ -211,13 +235,7 @@ impl Shared {
                     EntryPayload::Normal(command) => {
                         match state.store.apply(log_id.index, command) {
                             Ok(applied) => {
-                                if !applied.events.is_empty() {
-                                    published.push(Arc::new(AppliedEvents {
-                                        index: log_id.index,
-                                        revision: state.store.revision(),
-                                        events: applied.events,
-                                    }));
-                                }
+                                published.extend(per_revision(log_id.index, applied.events));
                                 CommandResult::Applied(applied.response)
                             }
                             Err(error) => CommandResult::Failed(error),

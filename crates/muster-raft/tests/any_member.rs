@@ -224,3 +224,149 @@ async fn an_isolated_follower_fails_submit_and_read_barrier_in_time() {
     assert_eq!(get(&cluster.node(leader), "svc/isolated"), None);
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_share_entries_and_each_keeps_its_own_revision_and_result() {
+    let cluster = Cluster::start(Options::fast(3)).await;
+    let leader = cluster.wait_leader().await;
+    let mut events = cluster.node(leader).state_machine().subscribe();
+    let before = cluster
+        .node(leader)
+        .raft()
+        .metrics()
+        .borrow()
+        .last_log_index;
+
+    // 100 writes through each member at once; every 10th names a lease
+    // that does not exist and must be refused on its own.
+    const PER_MEMBER: usize = 100;
+    let mut writes = tokio::task::JoinSet::new();
+    for id in 1..=3 {
+        for i in 0..PER_MEMBER {
+            let node = cluster.node(id);
+            let mut command = put(&format!("batch/{id}/{i:03}"), "v");
+            if i % 10 == 0 {
+                let Command::Put(request) = &mut command else {
+                    unreachable!()
+                };
+                request.lease = 424_242;
+            }
+            writes.spawn(async move { (i % 10 == 0, submit(&node, command).await) });
+        }
+    }
+    let mut revisions = Vec::new();
+    while let Some(joined) = writes.join_next().await {
+        match joined.expect("write task") {
+            (true, Ok(CommandResult::Failed(muster_core::Error::LeaseNotFound))) => {}
+            (false, Ok(CommandResult::Applied(Response::Put(put)))) => revisions.push(put.revision),
+            other => panic!("unexpected outcome: {other:?}"),
+        }
+    }
+    let accepted = 3 * PER_MEMBER * 9 / 10;
+    assert_eq!(revisions.len(), accepted);
+    revisions.sort_unstable();
+    let first = revisions[0];
+    assert_eq!(
+        revisions,
+        (first..first + accepted as i64).collect::<Vec<_>>(),
+        "one revision per accepted write, none shared, none skipped"
+    );
+
+    // Fewer entries than writes: concurrent writes shared entries.
+    let after = cluster
+        .node(leader)
+        .raft()
+        .metrics()
+        .borrow()
+        .last_log_index;
+    let entries = after.unwrap_or(0) - before.unwrap_or(0);
+    eprintln!("{} writes in {entries} log entries", 3 * PER_MEMBER);
+    assert!(
+        entries < (3 * PER_MEMBER) as u64,
+        "{entries} entries for {} concurrent writes",
+        3 * PER_MEMBER
+    );
+
+    // Subscribers get one message per revision, in order, each holding
+    // only its revision's events.
+    let mut seen = Vec::new();
+    while seen.len() < accepted {
+        let applied = tokio::time::timeout(WAIT, events.recv())
+            .await
+            .expect("events in time")
+            .expect("no lag at this volume");
+        assert_eq!(applied.events.len(), 1, "one put per revision");
+        assert!(
+            applied
+                .events
+                .iter()
+                .all(|event| event.kv.mod_revision == applied.revision)
+        );
+        seen.push(applied.revision);
+    }
+    assert_eq!(seen, revisions, "every revision once, in order");
+
+    cluster.wait_leader_and_converged().await;
+    common::assert_equal_hashes(&cluster);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_read_barriers_never_miss_an_acknowledged_write() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    // etcd's timings: busy readers on a small machine must not starve the
+    // heartbeats into an election, which is not what this tests.
+    let cluster = Cluster::start(Options::defaults(3)).await;
+    let leader = cluster.wait_leader().await;
+    let acknowledged = Arc::new(AtomicU64::new(0));
+
+    // One writer counts up through the leader while readers on every
+    // member run barriers concurrently (sharing confirmation rounds).
+    let writer = {
+        let node = cluster.node(leader);
+        let acknowledged = Arc::clone(&acknowledged);
+        tokio::spawn(async move {
+            for n in 1..=40u64 {
+                match submit(&node, put("counter", &n.to_string())).await {
+                    Ok(CommandResult::Applied(_)) => acknowledged.store(n, Ordering::SeqCst),
+                    other => panic!("write {n}: {other:?}"),
+                }
+            }
+        })
+    };
+    let mut readers = tokio::task::JoinSet::new();
+    for id in 1..=3 {
+        for _ in 0..4 {
+            let node = cluster.node(id);
+            let acknowledged = Arc::clone(&acknowledged);
+            readers.spawn(async move {
+                let mut reads = 0;
+                while acknowledged.load(Ordering::SeqCst) < 40 {
+                    let floor = acknowledged.load(Ordering::SeqCst);
+                    tokio::time::timeout(WAIT, node.read_barrier())
+                        .await
+                        .expect("barrier in time")
+                        .expect("barrier");
+                    let seen: u64 = get(&node, "counter").map_or(0, |v| v.parse().expect("n"));
+                    assert!(
+                        seen >= floor,
+                        "member {}: read {seen} after {floor} was acknowledged",
+                        node.id()
+                    );
+                    reads += 1;
+                }
+                reads
+            });
+        }
+    }
+    writer.await.expect("writer");
+    let mut reads = 0;
+    while let Some(joined) = readers.join_next().await {
+        reads += joined.expect("reader");
+    }
+    eprintln!("{reads} linearizable reads checked against 40 writes");
+    assert!(reads >= 12, "every reader read at least once");
+    cluster.shutdown().await;
+}
