@@ -26,6 +26,7 @@ use std::time::Duration;
 use openraft::error::{CheckIsLeaderError, RaftError};
 use serde::{Deserialize, Serialize};
 
+use crate::read_index::{ReadIndexError, ReadIndexGroup};
 use crate::types::{NodeId, Raft};
 
 /// A lease operation for the leader.
@@ -83,24 +84,34 @@ pub(crate) enum Unanswered {
 }
 
 /// Answers `op` with `keeper`, confirming first, for a renewal, that this
-/// member still leads with a quorum (within `within`).
+/// member still leads with a quorum (within `within`). Concurrent renewals
+/// share confirmation rounds with linearizable reads (`reads`): each round
+/// starts after every renewal it confirms arrived, so the confirmation is
+/// as fresh as one round per renewal.
 pub(crate) async fn answer_confirmed(
     raft: &Raft,
+    reads: &ReadIndexGroup,
     keeper: &dyn LeaseKeeper,
     op: LeaseOp,
     within: Duration,
 ) -> Result<LeaseAnswer, Unanswered> {
     let leader = || raft.metrics().borrow().current_leader;
     if matches!(op, LeaseOp::Renew { .. }) {
-        match tokio::time::timeout(within, raft.ensure_linearizable()).await {
+        match tokio::time::timeout(within, reads.read_index()).await {
             Ok(Ok(_)) => {}
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)))) => {
-                return Err(Unanswered::NotLeader(forward.leader_id));
-            }
-            Ok(Err(e)) => return Err(Unanswered::Failed(e.to_string())),
+            Ok(Err(ReadIndexError::Raft(refused))) => match *refused {
+                RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)) => {
+                    return Err(Unanswered::NotLeader(forward.leader_id));
+                }
+                // No quorum answered this round: as good as not leading.
+                RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)) => {
+                    return Err(Unanswered::NotLeader(None));
+                }
+                e => return Err(Unanswered::Failed(e.to_string())),
+            },
             // Unconfirmed: as good as not leading. The caller looks for
             // the leader again (the others may be electing one).
-            Err(_) => return Err(Unanswered::NotLeader(None)),
+            Ok(Err(ReadIndexError::NoQuorum)) | Err(_) => return Err(Unanswered::NotLeader(None)),
         }
     }
     keeper

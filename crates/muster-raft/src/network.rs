@@ -350,14 +350,18 @@ impl proto::raft_server::Raft for PeerService {
                 None => Err(ForwardError::Raft(
                     "this member keeps no leases".to_string(),
                 )),
-                Some(keeper) => {
-                    crate::lease::answer_confirmed(&self.raft, &*keeper, op, LEADERSHIP_CHECK)
-                        .await
-                        .map_err(|unanswered| match unanswered {
-                            Unanswered::NotLeader(leader) => ForwardError::NotLeader { leader },
-                            Unanswered::Failed(reason) => ForwardError::Raft(reason),
-                        })
-                }
+                Some(keeper) => crate::lease::answer_confirmed(
+                    &self.raft,
+                    &self.reads,
+                    &*keeper,
+                    op,
+                    LEADERSHIP_CHECK,
+                )
+                .await
+                .map_err(|unanswered| match unanswered {
+                    Unanswered::NotLeader(leader) => ForwardError::NotLeader { leader },
+                    Unanswered::Failed(reason) => ForwardError::Raft(reason),
+                }),
             };
         Ok(Response::new(proto::LeaseResponse {
             payload: encode_reply(&result, "lease response")?,

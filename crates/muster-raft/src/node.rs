@@ -862,8 +862,14 @@ impl RaftNode {
                     .get()
                     .and_then(std::sync::Weak::upgrade)
                     .ok_or_else(|| Error::Raft("this member keeps no leases".into()))?;
-                match crate::lease::answer_confirmed(&self.raft, &*keeper, op, REQUEST_TIMEOUT / 3)
-                    .await
+                match crate::lease::answer_confirmed(
+                    &self.raft,
+                    &self.reads,
+                    &*keeper,
+                    op,
+                    REQUEST_TIMEOUT / 3,
+                )
+                .await
                 {
                     Ok(answer) => Ok(Ok(answer)),
                     Err(crate::lease::Unanswered::NotLeader(leader)) => Ok(Err(leader)),
