@@ -470,6 +470,18 @@ impl KeySpace {
                 continue;
             };
             let version = &history[at];
+            // etcd's compaction at C keeps, of a key's versions at or below
+            // C, only the newest and only when it is live: a watch from C
+            // sees no other change at C (a delete at C, or a put at C that
+            // C itself deleted).
+            if self.compacted > 0 && revision.main == self.compacted {
+                let newest_at_or_below = history
+                    .get(at + 1)
+                    .is_none_or(|next| next.revision.main > self.compacted);
+                if !(newest_at_or_below && version.is_live()) {
+                    continue;
+                }
+            }
             let key = key.to_bytes();
             let prev_kv = at
                 .checked_sub(1)

@@ -570,3 +570,54 @@ fn lease_grants_in_one_batch_get_distinct_derived_ids() {
     distinct.dedup();
     assert_eq!(distinct.len(), 3, "{ids:?}");
 }
+
+#[test]
+fn a_watch_from_the_compaction_point_sees_only_what_etcd_keeps_there() {
+    // Revisions: a=2, b=3, delete a=4, b again=5, c=6.
+    let mut store = build([
+        put("a", "1"),
+        put("b", "1"),
+        Command::DeleteRange(DeleteRangeRequest {
+            key: b("a"),
+            ..Default::default()
+        }),
+        put("b", "2"),
+        put("c", "1"),
+    ]);
+    let from = |store: &Store, rev: i64| -> Vec<(String, i64, EventKind)> {
+        store
+            .events(b"\0", b"\0", rev, 0, 0)
+            .expect("events")
+            .events
+            .into_iter()
+            .map(|e| {
+                let key = String::from_utf8(e.kv.key.to_vec()).expect("utf-8");
+                (key, e.kv.mod_revision, e.kind)
+            })
+            .collect()
+    };
+    // Compacted at the delete (4): etcd drops the tombstone at 4.
+    let mut at_delete = store.clone();
+    at_delete
+        .apply(10, Command::Compact { revision: 4 })
+        .expect("compact");
+    assert_eq!(
+        from(&at_delete, 4),
+        vec![
+            ("b".into(), 5, EventKind::Put),
+            ("c".into(), 6, EventKind::Put)
+        ]
+    );
+    // Compacted at a put (5) later overwritten or not: the put at 5 is the
+    // newest version of b at or below 5 and live, so etcd keeps it.
+    store
+        .apply(10, Command::Compact { revision: 5 })
+        .expect("compact");
+    assert_eq!(
+        from(&store, 5),
+        vec![
+            ("b".into(), 5, EventKind::Put),
+            ("c".into(), 6, EventKind::Put)
+        ]
+    );
+}
