@@ -44,9 +44,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 log_name=bench-vs-etcd
-say() { echo "$log_name: $*" >&2; }
-die() { say "ERROR: $*"; exit 1; }
-now_ms() { date +%s%3N; }
+# say, die, now_ms, port_free, install_missing.
+source scripts/lib/cluster.sh
 
 quick=0 out="" only="" systems="etcd,muster" muster_bin=""
 while (($#)); do
@@ -78,13 +77,7 @@ command -v etcd >/dev/null || missing+=(etcd-server)
 command -v etcdctl >/dev/null || missing+=(etcd-client)
 command -v jq >/dev/null || missing+=(jq)
 command -v protoc >/dev/null || missing+=(protobuf-compiler)
-if ((${#missing[@]})); then
-    [ "$(id -u)" -eq 0 ] || die "missing ${missing[*]} (install them, or run as root)"
-    say "installing ${missing[*]}"
-    timeout 600 apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq --no-install-recommends \
-        "${missing[@]}" >/dev/null
-fi
+install_missing "${missing[@]}"
 say "building muster and muster-bench (release)"
 timeout "${MUSTER_BUILD_TIMEOUT:-1800}" cargo build --release --locked -q -p muster-cli -p muster-bench
 muster_bin=${muster_bin:-$PWD/target/release/muster}
@@ -118,7 +111,6 @@ trap 'exit 130' INT TERM
 
 # --- ports and clusters ---------------------------------------------------------------
 
-port_free() { ! timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
 # free_base: a base port B with B+1..B+9 free.
 free_base() {
     local b i ok

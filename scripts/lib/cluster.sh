@@ -1,10 +1,13 @@
 # shellcheck shell=bash
 # Shared machinery of the scripts that run muster's compose clusters
-# (scripts/compose-test.sh, scripts/fault-test.sh). Source it after
+# (scripts/compose-test.sh, scripts/fault-test.sh; scripts/bench-vs-etcd.sh
+# uses only its generic helpers: say, die, now_ms, port_free,
+# install_missing). Source it after
 # `cd`-ing to the repository root and setting `log_name` (the prefix of
 # every message); it defines functions and a few variables, and runs
 # nothing until they are called:
 #
+#   install_missing [PKG...] install these Debian packages (root)
 #   cluster_tools [PKG...]   install what is missing (docker-compose,
 #                            etcd-client, jq, plus PKG...), pick the compose
 #                            CLI, check that a docker engine answers
@@ -43,6 +46,17 @@ limit() {
 
 # --- tools and image --------------------------------------------------------
 
+# install_missing [PKG...]: installs the named Debian packages (as root);
+# nothing when none is named.
+install_missing() {
+    (($#)) || return 0
+    [ "$(id -u)" -eq 0 ] || die "missing $* (install them, or run as root)"
+    say "installing $*"
+    timeout 600 apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq --no-install-recommends \
+        "$@" >/dev/null
+}
+
 cluster_tools() {
     local missing=("$@")
     command -v etcdctl >/dev/null || missing+=(etcd-client)
@@ -50,13 +64,7 @@ cluster_tools() {
     if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null; then
         missing+=(docker-compose)
     fi
-    if ((${#missing[@]})); then
-        [ "$(id -u)" -eq 0 ] || die "missing ${missing[*]} (install them, or run as root)"
-        say "installing ${missing[*]}"
-        timeout 600 apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq --no-install-recommends \
-            "${missing[@]}" >/dev/null
-    fi
+    install_missing "${missing[@]}"
     if docker compose version >/dev/null 2>&1; then
         compose=(docker compose)
     else
