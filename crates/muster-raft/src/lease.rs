@@ -23,7 +23,6 @@
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
-use openraft::error::{CheckIsLeaderError, RaftError};
 use serde::{Deserialize, Serialize};
 
 use crate::read_index::{ReadIndexError, ReadIndexGroup};
@@ -99,19 +98,15 @@ pub(crate) async fn answer_confirmed(
     if matches!(op, LeaseOp::Renew { .. }) {
         match tokio::time::timeout(within, reads.read_index()).await {
             Ok(Ok(_)) => {}
-            Ok(Err(ReadIndexError::Raft(refused))) => match *refused {
-                RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)) => {
-                    return Err(Unanswered::NotLeader(forward.leader_id));
-                }
-                // No quorum answered this round: as good as not leading.
-                RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)) => {
-                    return Err(Unanswered::NotLeader(None));
-                }
-                e => return Err(Unanswered::Failed(e.to_string())),
-            },
+            Ok(Err(ReadIndexError::NotLeader(leader))) => {
+                return Err(Unanswered::NotLeader(leader));
+            }
             // Unconfirmed: as good as not leading. The caller looks for
             // the leader again (the others may be electing one).
-            Ok(Err(ReadIndexError::NoQuorum)) | Err(_) => return Err(Unanswered::NotLeader(None)),
+            Ok(Err(ReadIndexError::NoQuorum(_))) | Err(_) => {
+                return Err(Unanswered::NotLeader(None));
+            }
+            Ok(Err(ReadIndexError::Failed(e))) => return Err(Unanswered::Failed(e.to_string())),
         }
     }
     keeper

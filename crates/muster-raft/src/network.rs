@@ -323,17 +323,9 @@ impl proto::raft_server::Raft for PeerService {
     ) -> Result<Response<proto::ReadIndexResponse>, Status> {
         let result: Result<u64, ForwardError> = match self.reads.read_index().await {
             Ok(index) => Ok(index),
-            Err(ReadIndexError::Raft(refused)) => match *refused {
-                RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)) => {
-                    Err(ForwardError::NotLeader {
-                        leader: forward.leader_id,
-                    })
-                }
-                e => Err(ForwardError::Raft(e.to_string())),
-            },
-            Err(ReadIndexError::NoQuorum) => Err(ForwardError::Raft(
-                "no quorum confirmed the leadership".into(),
-            )),
+            Err(ReadIndexError::NotLeader(leader)) => Err(ForwardError::NotLeader { leader }),
+            Err(ReadIndexError::NoQuorum(reason)) => Err(ForwardError::Raft(reason)),
+            Err(ReadIndexError::Failed(e)) => Err(ForwardError::Raft(e.to_string())),
         };
         Ok(Response::new(proto::ReadIndexResponse {
             payload: encode_reply(&result, "read-index response")?,

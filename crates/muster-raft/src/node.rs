@@ -53,7 +53,7 @@ use openraft::metrics::WaitError;
 use tokio::time::Instant;
 
 use muster_core::Command;
-use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::storage::RaftLogStorage as _;
 use openraft::{BasicNode, ChangeMembers, SnapshotPolicy};
 use tokio::net::TcpListener;
@@ -679,19 +679,17 @@ impl RaftNode {
             match target {
                 Target::Local => match tokio::time::timeout(ttl, self.reads.read_index()).await {
                     Ok(Ok(index)) => return self.wait_applied(index, deadline, timeout).await,
-                    Ok(Err(ReadIndexError::Raft(refused))) => match *refused {
-                        RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)) => {
-                            hint = forward.leader_id;
-                            miss = Miss::NotLeader(forward.leader_id);
-                        }
-                        // Peers that did not answer one heartbeat round in
-                        // time: another round may get a quorum.
-                        RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(short)) => {
-                            miss = Miss::Unreachable(self.id, short.to_string());
-                        }
-                        e => return Err(Error::Raft(Box::new(e))),
-                    },
-                    Ok(Err(ReadIndexError::NoQuorum)) | Err(_) => {
+                    Ok(Err(ReadIndexError::NotLeader(leader))) => {
+                        hint = leader;
+                        miss = Miss::NotLeader(leader);
+                    }
+                    // Peers that did not answer in time: another round may
+                    // get a quorum.
+                    Ok(Err(ReadIndexError::NoQuorum(reason))) => {
+                        miss = Miss::Unreachable(self.id, reason);
+                    }
+                    Ok(Err(ReadIndexError::Failed(e))) => return Err(Error::Raft(e)),
+                    Err(_) => {
                         miss = Miss::Unreachable(self.id, "no quorum confirmed".into());
                     }
                 },

@@ -39,10 +39,27 @@ const ROUND_TIMEOUT: Duration = Duration::from_secs(2);
 /// Why a round named no read index.
 #[derive(Clone, Debug)]
 pub(crate) enum ReadIndexError {
-    /// openraft refused: this member does not lead, or it stopped.
-    Raft(Box<RaftError<NodeId, CheckIsLeaderError<NodeId, BasicNode>>>),
-    /// No quorum confirmed the leadership within [`ROUND_TIMEOUT`].
-    NoQuorum,
+    /// This member does not lead; the leader it knows, if any.
+    NotLeader(Option<NodeId>),
+    /// No quorum confirmed the leadership (too few peers answered, or none
+    /// within [`ROUND_TIMEOUT`]): another round may succeed.
+    NoQuorum(String),
+    /// openraft failed otherwise (it stopped, or a storage error).
+    Failed(Box<RaftError<NodeId, CheckIsLeaderError<NodeId, BasicNode>>>),
+}
+
+impl From<RaftError<NodeId, CheckIsLeaderError<NodeId, BasicNode>>> for ReadIndexError {
+    fn from(refused: RaftError<NodeId, CheckIsLeaderError<NodeId, BasicNode>>) -> Self {
+        match refused {
+            RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)) => {
+                ReadIndexError::NotLeader(forward.leader_id)
+            }
+            RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(short)) => {
+                ReadIndexError::NoQuorum(short.to_string())
+            }
+            e => ReadIndexError::Failed(Box::new(e)),
+        }
+    }
 }
 
 /// What one read-index round answers.
@@ -88,7 +105,7 @@ impl ReadIndexGroup {
         }
         answered
             .await
-            .unwrap_or(Err(ReadIndexError::Raft(Box::new(RaftError::Fatal(
+            .unwrap_or(Err(ReadIndexError::Failed(Box::new(RaftError::Fatal(
                 Fatal::Stopped,
             )))))
     }
@@ -108,8 +125,10 @@ impl ReadIndexGroup {
             let round = crate::network::leader_read_index(&self.raft, self.recovered_index);
             let result = match tokio::time::timeout(ROUND_TIMEOUT, round).await {
                 Ok(Ok(index)) => Ok(index),
-                Ok(Err(refused)) => Err(ReadIndexError::Raft(Box::new(refused))),
-                Err(_) => Err(ReadIndexError::NoQuorum),
+                Ok(Err(refused)) => Err(refused.into()),
+                Err(_) => Err(ReadIndexError::NoQuorum(format!(
+                    "no quorum confirmed the leadership within {ROUND_TIMEOUT:?}"
+                ))),
             };
             for answer in waiting {
                 let _ = answer.send(result.clone());
