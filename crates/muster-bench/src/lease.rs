@@ -1,20 +1,25 @@
 //! The lease workload: grant L leases each with one key (measured:
-//! grants/s), keep them all alive for a while over a few keep-alive
-//! streams (measured: round trips), then count the keys.
+//! grants/s), keep every lease alive from its grant on over a few
+//! keep-alive streams (measured: round trips) until `hold` after the last
+//! grant, then count the keys.
 //!
 //! Invariants:
 //!
 //! - Keys from an earlier run under the workload's prefix are deleted
 //!   first, so the final count is this run's alone.
-//! - Each lease is renewed every TTL/3, its renewals spread evenly over
-//!   that interval and caught up when a tick comes late, so a lease is
-//!   never more than TTL/3 plus one round trip (and the client's own
-//!   delay) from its last renewal while the cluster answers; a key that
-//!   disappears anyway is counted as lost.
-//! - The keep-alive phase lasts `hold` plus at most one request bound;
-//!   cleanup (revoking every lease) is outside every measurement.
+//! - A lease joins its keep-alive stream the moment its key is attached
+//!   and is renewed every TTL/3 from then on: each stream keeps its leases
+//!   in a queue ordered by when each is next due and sends every renewal
+//!   that is due at each tick, so a late tick catches up and a lease is
+//!   never more than TTL/3 plus one tick, one round trip and the client's
+//!   own delay from its last renewal while the cluster answers, however
+//!   long the grant phase lasts; a key that disappears anyway is counted
+//!   as lost.
+//! - The keep-alive phase ends `hold` after the grant phase, plus at most
+//!   one request bound; cleanup (revoking every lease) is outside every
+//!   measurement.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -62,17 +67,37 @@ pub(crate) async fn run(
     let prefix = format!("{}lease/", config.prefix).into_bytes();
     clear(config, pool, &prefix).await?;
 
+    // The keep-alive streams start first: each lease joins one as soon as
+    // its key is attached, and a stream's hold begins when every sender
+    // is gone, i.e. when the grant phase is over.
+    let interval = Duration::from_secs(ttl as u64) / 3;
+    let streams = streams.min(leases as usize);
+    let mut tasks = JoinSet::new();
+    let mut joins = Vec::with_capacity(streams);
+    for s in 0..streams {
+        let (join, joined) = mpsc::unbounded_channel();
+        joins.push(join);
+        tasks.spawn(keep_alive(
+            LeaseClient::new(pool.get(s)),
+            joined,
+            interval,
+            hold,
+            config.request_timeout,
+        ));
+    }
+
     // Grant and attach: the measured phase.
     let granted = Arc::new(Mutex::new(Vec::with_capacity(leases as usize)));
     let value = Bytes::from(config.value());
     let attach = Arc::new(Mutex::new(Latency::new()));
-    let (tally, elapsed) = closed_loop(config.clients, leases, None, |client, budget| {
+    let grants = closed_loop(config.clients, leases, None, |client, budget| {
         let mut lease = LeaseClient::new(pool.get(client));
         let mut kv = KvClient::new(pool.get(client));
         let config = config.clone();
         let value = value.clone();
         let granted = granted.clone();
         let attach = attach.clone();
+        let joins = joins.clone();
         async move {
             let mut tally = Tally::default();
             let mut attached = Latency::new();
@@ -98,6 +123,9 @@ pub(crate) async fn run(
                     Ok(_) => {
                         attached.record(put_started.elapsed());
                         mine.push(response.id);
+                        // A stream that has ended keeps no lease alive;
+                        // its error is reported with its tally.
+                        let _ = joins[i as usize % joins.len()].send((response.id, Instant::now()));
                     }
                     Err(e) => {
                         tally.ok -= 1;
@@ -110,7 +138,10 @@ pub(crate) async fn run(
             tally
         }
     })
-    .await?;
+    .await;
+    // The streams' hold starts once the last sender is dropped.
+    drop(joins);
+    let (tally, elapsed) = grants?;
     let ids = std::mem::take(&mut *granted.lock().expect("not poisoned"));
     let mut report = Report::new("lease", "", &config.endpoints, config.clients, config.conns);
     report.latency_name = "grant".into();
@@ -121,20 +152,7 @@ pub(crate) async fn run(
         attach.lock().expect("not poisoned").clone(),
     ));
 
-    // Keep alive for `hold`.
-    let interval = Duration::from_secs(ttl as u64) / 3;
-    let streams = streams.min(ids.len().max(1));
-    let mut tasks = JoinSet::new();
-    for s in 0..streams {
-        let share: Vec<i64> = ids.iter().copied().skip(s).step_by(streams).collect();
-        tasks.spawn(keep_alive(
-            LeaseClient::new(pool.get(s)),
-            share,
-            interval,
-            hold,
-            config.request_timeout,
-        ));
-    }
+    // The keep-alive phase ends `hold` after the last grant.
     let mut total = KeepAlive::default();
     while let Some(joined) = tasks.join_next().await {
         let one = joined.context("a keep-alive task failed")?;
@@ -211,33 +229,30 @@ pub(crate) async fn clear(config: &Config, pool: &Pool, prefix: &[u8]) -> anyhow
     Ok(())
 }
 
-/// Renews every lease of `ids` each `interval`, spread over it, on one
-/// stream, for `hold`.
+/// Renews each lease that joins through `joined` every `interval` from
+/// its join on, on one stream, until `hold` after `joined` closes.
 async fn keep_alive(
     mut client: LeaseClient<tonic::transport::Channel>,
-    ids: Vec<i64>,
+    mut joined: mpsc::UnboundedReceiver<(i64, Instant)>,
     interval: Duration,
     hold: Duration,
     bound: Duration,
 ) -> KeepAlive {
     let mut out = KeepAlive::default();
-    if ids.is_empty() {
-        return out;
-    }
-    let (tx, rx) = mpsc::channel(1024);
-    let started = Instant::now();
-    // Renewals due by now: one per lease per interval, spread evenly; a
-    // late tick catches up, so a slow client never renews less often.
-    let due = |now: Instant| {
-        let rounds = now.duration_since(started).as_secs_f64() / interval.as_secs_f64();
-        (rounds * ids.len() as f64) as u64 + 1
-    };
-    let mut pending: HashMap<i64, Instant> = HashMap::with_capacity(ids.len());
+    // Leases by when each is next due: every lease joins and is renewed
+    // with the same interval, so appending keeps the queue in due order.
+    let mut queue: VecDeque<(Instant, i64)> = VecDeque::new();
     // A server may send the response headers only with its first response,
     // so the first renewal goes out before the call is awaited.
-    pending.insert(ids[0], Instant::now());
+    let Some((first, joined_at)) = joined.recv().await else {
+        return out;
+    };
+    let (tx, rx) = mpsc::channel(4096);
+    let mut pending: HashMap<i64, Instant> = HashMap::new();
+    pending.insert(first, Instant::now());
+    queue.push_back((joined_at + interval, first));
     if tx
-        .send(pb::LeaseKeepAliveRequest { id: ids[0] })
+        .send(pb::LeaseKeepAliveRequest { id: first })
         .await
         .is_err()
     {
@@ -245,7 +260,6 @@ async fn keep_alive(
         return out;
     }
     out.sent += 1;
-    let mut next = 1 % ids.len();
     let mut responses = match bounded(bound, client.lease_keep_alive(ReceiverStream::new(rx))).await
     {
         Ok(responses) => responses,
@@ -256,15 +270,35 @@ async fn keep_alive(
     };
     let mut ticker = tokio::time::interval(TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let end = tokio::time::Instant::now() + hold;
-    let drain_end = end + bound;
+    // Set when the grant phase is over.
+    let mut end: Option<tokio::time::Instant> = None;
     loop {
+        let renewing = end.is_none_or(|end| tokio::time::Instant::now() < end);
+        // Once renewing is over, nothing more is awaited but answers.
+        if !renewing && pending.is_empty() {
+            return out;
+        }
+        let drain_end = end.map(|end| end + bound);
         tokio::select! {
-            _ = ticker.tick(), if tokio::time::Instant::now() < end => {
-                while out.sent < due(Instant::now()) {
-                    let id = ids[next];
-                    next = (next + 1) % ids.len();
-                    pending.insert(id, Instant::now());
+            _ = ticker.tick(), if renewing => {
+                loop {
+                    match joined.try_recv() {
+                        Ok((id, at)) => queue.push_back((at + interval, id)),
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                        Err(mpsc::error::TryRecvError::Disconnected) => {
+                            end.get_or_insert_with(|| tokio::time::Instant::now() + hold);
+                            break;
+                        }
+                    }
+                }
+                let now = Instant::now();
+                while let Some(&(due, id)) = queue.front() {
+                    if due > now {
+                        break;
+                    }
+                    queue.pop_front();
+                    queue.push_back((due + interval, id));
+                    pending.insert(id, now);
                     if tx.send(pb::LeaseKeepAliveRequest { id }).await.is_err() {
                         out.error.get_or_insert_with(|| "keep-alive stream closed".into());
                         return out;
@@ -291,10 +325,15 @@ async fn keep_alive(
                     return out;
                 }
             },
-            _ = tokio::time::sleep_until(drain_end) => return out,
+            _ = sleep_until_some(drain_end) => return out,
         }
-        if tokio::time::Instant::now() >= end && pending.is_empty() {
-            return out;
-        }
+    }
+}
+
+/// Sleeps until `at`, or forever when there is none.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

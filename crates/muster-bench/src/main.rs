@@ -109,7 +109,8 @@ enum Command {
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
         settle: Duration,
     },
-    /// L leases with one key each: grants/s, then kept alive, then counted.
+    /// L leases with one key each: grants/s, each kept alive from its grant
+    /// until --hold after the last, then the keys counted.
     Lease {
         /// Leases.
         #[arg(long, default_value_t = 10_000)]
@@ -117,7 +118,7 @@ enum Command {
         /// Their TTL in seconds (renewed every TTL/3).
         #[arg(long, default_value_t = 30)]
         ttl: i64,
-        /// How long they are kept alive.
+        /// How long they are kept alive after the last grant.
         #[arg(long, default_value = "60s", value_parser = parse_duration)]
         hold: Duration,
         /// Keep-alive streams.
