@@ -73,7 +73,7 @@ pub trait LeaseKeeper: Send + Sync + 'static {
 pub(crate) type KeeperSlot = Arc<OnceLock<Weak<dyn LeaseKeeper>>>;
 
 /// Why [`answer_confirmed`] gave no answer.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) enum Unanswered {
     /// This member does not lead, or no quorum confirmed in time that it
     /// does; the leader it knows of, if any.
@@ -94,22 +94,50 @@ pub(crate) async fn answer_confirmed(
     op: LeaseOp,
     within: Duration,
 ) -> Result<LeaseAnswer, Unanswered> {
-    let leader = || raft.metrics().borrow().current_leader;
     if matches!(op, LeaseOp::Renew { .. }) {
-        match tokio::time::timeout(within, reads.read_index()).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(ReadIndexError::NotLeader(leader))) => {
-                return Err(Unanswered::NotLeader(leader));
-            }
-            // Unconfirmed: as good as not leading. The caller looks for
-            // the leader again (the others may be electing one).
-            Ok(Err(ReadIndexError::NoQuorum(_))) | Err(_) => {
-                return Err(Unanswered::NotLeader(None));
-            }
-            Ok(Err(ReadIndexError::Failed(e))) => return Err(Unanswered::Failed(e.to_string())),
-        }
+        confirm(reads, within).await?;
     }
     keeper
         .answer(op)
-        .ok_or_else(|| Unanswered::NotLeader(leader()))
+        .ok_or_else(|| Unanswered::NotLeader(raft.metrics().borrow().current_leader))
+}
+
+/// Answers each of `ops` as [`answer_confirmed`] would, in order, with one
+/// leadership confirmation for all the renewals among them (it starts
+/// after every one of them arrived).
+pub(crate) async fn answer_all_confirmed(
+    raft: &Raft,
+    reads: &ReadIndexGroup,
+    keeper: &dyn LeaseKeeper,
+    ops: Vec<LeaseOp>,
+    within: Duration,
+) -> Vec<Result<LeaseAnswer, Unanswered>> {
+    let confirmed = if ops.iter().any(|op| matches!(op, LeaseOp::Renew { .. })) {
+        confirm(reads, within).await
+    } else {
+        Ok(())
+    };
+    ops.into_iter()
+        .map(|op| {
+            if matches!(op, LeaseOp::Renew { .. }) {
+                confirmed.clone()?;
+            }
+            keeper
+                .answer(op)
+                .ok_or_else(|| Unanswered::NotLeader(raft.metrics().borrow().current_leader))
+        })
+        .collect()
+}
+
+/// Confirms, within `within`, that this member leads with a quorum, in a
+/// round that starts after this call.
+async fn confirm(reads: &ReadIndexGroup, within: Duration) -> Result<(), Unanswered> {
+    match tokio::time::timeout(within, reads.read_index()).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(ReadIndexError::NotLeader(leader))) => Err(Unanswered::NotLeader(leader)),
+        // Unconfirmed: as good as not leading. The caller looks for the
+        // leader again (the others may be electing one).
+        Ok(Err(ReadIndexError::NoQuorum(_))) | Err(_) => Err(Unanswered::NotLeader(None)),
+        Ok(Err(ReadIndexError::Failed(e))) => Err(Unanswered::Failed(e.to_string())),
+    }
 }

@@ -37,6 +37,7 @@
 //! see [`Members`]), and [`raft_config`] explains how etcd's election
 //! timeout maps onto openraft's timers.
 
+mod coalesce;
 mod election;
 mod error;
 mod lease;

@@ -147,6 +147,15 @@ pub static READ_INDEX_BATCH: LazyLock<Histogram> = LazyLock::new(|| {
     )
 });
 
+/// How many requests each peer call a follower sent to the leader carried
+/// (forwarded writes, lease operations and read-index requests coalesced).
+pub static FORWARD_BATCH: LazyLock<Histogram> = LazyLock::new(|| {
+    count_histogram(
+        "muster_server_forward_batch_requests",
+        "Requests per peer call a follower sent to the leader (writes, lease operations, read indexes).",
+    )
+});
+
 /// Registers every metric of this module, so all appear on a scrape
 /// before their first event.
 pub fn register() {
@@ -163,4 +172,5 @@ pub fn register() {
     LazyLock::force(&PROPOSALS_APPLIED);
     LazyLock::force(&BATCH_COMMANDS);
     LazyLock::force(&READ_INDEX_BATCH);
+    LazyLock::force(&FORWARD_BATCH);
 }

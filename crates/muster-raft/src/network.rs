@@ -30,16 +30,19 @@
 //!   when it recovers; the repeated failures in between are `debug`, so a
 //!   member that is down does not flood the log.
 //!
-//! Besides openraft's three RPCs the service carries six of muster's own,
+//! Besides openraft's three RPCs the service carries eight of muster's own,
 //! also for members only:
 //!
 //! - `Forward`: a follower hands a client's [`Command`] to the leader, which
-//!   proposes it and answers the [`CommandResult`] (or a [`ForwardError`]).
+//!   proposes it and answers the [`CommandResult`] (or a [`ForwardError`]);
+//!   `ForwardBatch` does the same for several commands in one call (see
+//!   `coalesce`: a follower's concurrent forwards share calls).
 //! - `ReadIndex`: a follower asks the leader for the read index of a
 //!   linearizable read; the leader confirms its leadership with a quorum
 //!   first.
 //! - `Lease`: a follower hands a lease renewal or time-to-live query to
-//!   the leader's lease keeper ([`crate::RaftNode::lease`]).
+//!   the leader's lease keeper ([`crate::RaftNode::lease`]); `LeaseBatch`
+//!   carries several, confirmed by one leadership round.
 //! - `TimeoutNow`: a leader that is stopping asks its most up-to-date
 //!   follower to campaign at once ([`crate::RaftNode::hand_over`]).
 //! - `Membership`: a follower hands a membership change to the leader
@@ -303,17 +306,27 @@ impl proto::raft_server::Raft for PeerService {
         request: Request<proto::ForwardRequest>,
     ) -> Result<Response<proto::ForwardResponse>, Status> {
         let command: Command = decode_request(&request.into_inner().payload, "forwarded command")?;
-        let result: Result<CommandResult, ForwardError> = match self.proposer.write(command).await {
-            Ok(result) => Ok(result),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
-                Err(ForwardError::NotLeader {
-                    leader: forward.leader_id,
-                })
-            }
-            Err(e) => Err(ForwardError::Raft(e.to_string())),
-        };
+        let result = forward_result(self.proposer.write(command).await);
         Ok(Response::new(proto::ForwardResponse {
             payload: encode_reply(&result, "forward response")?,
+        }))
+    }
+
+    async fn forward_batch(
+        &self,
+        request: Request<proto::ForwardBatchRequest>,
+    ) -> Result<Response<proto::ForwardBatchResponse>, Status> {
+        let commands: Vec<Command> =
+            decode_request(&request.into_inner().payload, "forwarded commands")?;
+        let results: Vec<Result<CommandResult, ForwardError>> = self
+            .proposer
+            .write_many(commands)
+            .await
+            .into_iter()
+            .map(forward_result)
+            .collect();
+        Ok(Response::new(proto::ForwardBatchResponse {
+            payload: encode_reply(&results, "forward-batch response")?,
         }))
     }
 
@@ -357,6 +370,43 @@ impl proto::raft_server::Raft for PeerService {
             };
         Ok(Response::new(proto::LeaseResponse {
             payload: encode_reply(&result, "lease response")?,
+        }))
+    }
+
+    async fn lease_batch(
+        &self,
+        request: Request<proto::LeaseBatchRequest>,
+    ) -> Result<Response<proto::LeaseBatchResponse>, Status> {
+        let ops: Vec<LeaseOp> = decode_request(&request.into_inner().payload, "lease operations")?;
+        let results: Vec<Result<LeaseAnswer, ForwardError>> =
+            match self.keeper.get().and_then(Weak::upgrade) {
+                None => ops
+                    .iter()
+                    .map(|_| {
+                        Err(ForwardError::Raft(
+                            "this member keeps no leases".to_string(),
+                        ))
+                    })
+                    .collect(),
+                Some(keeper) => crate::lease::answer_all_confirmed(
+                    &self.raft,
+                    &self.reads,
+                    &*keeper,
+                    ops,
+                    LEADERSHIP_CHECK,
+                )
+                .await
+                .into_iter()
+                .map(|answer| {
+                    answer.map_err(|unanswered| match unanswered {
+                        Unanswered::NotLeader(leader) => ForwardError::NotLeader { leader },
+                        Unanswered::Failed(reason) => ForwardError::Raft(reason),
+                    })
+                })
+                .collect(),
+            };
+        Ok(Response::new(proto::LeaseBatchResponse {
+            payload: encode_reply(&results, "lease-batch response")?,
         }))
     }
 
@@ -584,8 +634,22 @@ impl PeerNetworkFactory {
     }
 }
 
+/// The answer to one forwarded command: its result, or why this member
+/// could not propose it.
+fn forward_result(written: crate::proposer::WriteResult) -> Result<CommandResult, ForwardError> {
+    match written {
+        Ok(result) => Ok(result),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+            Err(ForwardError::NotLeader {
+                leader: forward.leader_id,
+            })
+        }
+        Err(e) => Err(ForwardError::Raft(e.to_string())),
+    }
+}
+
 /// Why a `Forward` or `ReadIndex` call produced no answer from the peer.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) enum PeerCallError {
     /// The peer could not be connected to (or dropped the connection): the
     /// request was most likely not served.
@@ -659,36 +723,41 @@ impl PeerNetworkFactory {
         decode(&reply).map_err(|e| PeerCallError::Network(format!("undecodable reply: {e}")))
     }
 
-    /// Sends `command` to member `target` (at peer address `addr`, which
-    /// should be the leader) and waits at most `ttl` for its answer: the
-    /// command's result, or why that member could not propose it.
-    pub(crate) async fn forward(
+    /// Sends `commands` to member `target` (at peer address `addr`, which
+    /// should be the leader) in one call, and waits at most `ttl` for the
+    /// answers: one per command, in order, as the `Forward` RPC answers each.
+    pub(crate) async fn forward_batch(
         &self,
         target: NodeId,
         addr: &str,
-        command: &Command,
+        commands: &[Command],
         ttl: Duration,
-    ) -> Result<Result<CommandResult, ForwardError>, PeerCallError> {
-        let payload = encode(command).map_err(|e| PeerCallError::Network(e.to_string()))?;
+    ) -> Result<Vec<Result<CommandResult, ForwardError>>, PeerCallError> {
+        let payload = encode(&commands).map_err(|e| PeerCallError::Network(e.to_string()))?;
         self.call(target, addr, ttl, |mut client| async move {
-            let reply = client.forward(proto::ForwardRequest { payload }).await?;
+            let reply = client
+                .forward_batch(proto::ForwardBatchRequest { payload })
+                .await?;
             Ok(reply.into_inner().payload)
         })
         .await
     }
 
-    /// Sends lease operation `op` to member `target` (at peer address
-    /// `addr`, which should be the leader), waiting at most `ttl`.
-    pub(crate) async fn lease(
+    /// Sends lease operations `ops` to member `target` (at peer address
+    /// `addr`, which should be the leader) in one call, waiting at most
+    /// `ttl`: one answer per operation, in order.
+    pub(crate) async fn lease_batch(
         &self,
         target: NodeId,
         addr: &str,
-        op: LeaseOp,
+        ops: &[LeaseOp],
         ttl: Duration,
-    ) -> Result<Result<LeaseAnswer, ForwardError>, PeerCallError> {
-        let payload = encode(&op).map_err(|e| PeerCallError::Network(e.to_string()))?;
+    ) -> Result<Vec<Result<LeaseAnswer, ForwardError>>, PeerCallError> {
+        let payload = encode(&ops).map_err(|e| PeerCallError::Network(e.to_string()))?;
         self.call(target, addr, ttl, |mut client| async move {
-            let reply = client.lease(proto::LeaseRequest { payload }).await?;
+            let reply = client
+                .lease_batch(proto::LeaseBatchRequest { payload })
+                .await?;
             Ok(reply.into_inner().payload)
         })
         .await

@@ -60,6 +60,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::coalesce::Forwarding;
 use crate::election::{ElectionClock, spawn_campaigner};
 use crate::error::Error;
 use crate::lease::{KeeperSlot, LeaseAnswer, LeaseKeeper, LeaseOp};
@@ -248,6 +249,9 @@ pub struct RaftNode {
     /// Group commit of client writes proposed here as the leader, local
     /// and forwarded (shared with the peer service).
     proposer: Proposer,
+    /// As a follower: the writes, lease operations and read-index requests
+    /// this member hands the leader, coalesced into shared peer calls.
+    forwarding: Forwarding,
 }
 
 /// Where the next attempt of a forwarded request goes.
@@ -391,6 +395,7 @@ impl RaftNode {
             .map_or(0, |log_id| log_id.index);
         let state_machine = StateMachine::open(config.state_dir()).await?;
         let network = PeerNetworkFactory::new(config.id, faults.clone());
+        let forwarding = Forwarding::start(&network);
         let raft = Raft::new(
             config.id,
             raft_config,
@@ -452,6 +457,7 @@ impl RaftNode {
             keeper,
             proposer,
             reads,
+            forwarding,
         })
     }
 
@@ -552,7 +558,10 @@ impl RaftNode {
                     }
                 },
                 |leader, addr, ttl| async move {
-                    self.network.forward(leader, &addr, command, ttl).await
+                    self.forwarding
+                        .writes
+                        .call(leader, &addr, command.clone(), ttl)
+                        .await
                 },
             )
             .await;
@@ -694,7 +703,7 @@ impl RaftNode {
                     }
                 },
                 Target::Remote(leader, addr) => {
-                    match self.network.read_index(leader, &addr, ttl).await {
+                    match self.forwarding.reads.call(leader, &addr, (), ttl).await {
                         Ok(Ok(index)) => return self.wait_applied(index, deadline, timeout).await,
                         Ok(Err(ForwardError::NotLeader { leader: named })) => {
                             hint = named;
@@ -876,7 +885,7 @@ impl RaftNode {
                     }
                 }
             },
-            |leader, addr, ttl| async move { self.network.lease(leader, &addr, op, ttl).await },
+            |leader, addr, ttl| async move { self.forwarding.leases.call(leader, &addr, op, ttl).await },
         )
         .await
     }

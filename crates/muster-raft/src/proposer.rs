@@ -85,6 +85,37 @@ impl Proposer {
             .await
             .unwrap_or(Err(RaftError::Fatal(Fatal::Stopped)))
     }
+
+    /// Proposes each of `commands` as [`Proposer::write`] would, all at
+    /// once (the batchable ones queue together, in order, and so share
+    /// entries), and returns their results in order.
+    pub(crate) async fn write_many(&self, commands: Vec<Command>) -> Vec<WriteResult> {
+        let answers: Vec<oneshot::Receiver<WriteResult>> = commands
+            .into_iter()
+            .map(|command| {
+                let (reply, answer) = oneshot::channel();
+                if batchable(&command) {
+                    // A closed queue drops `reply`: answered as stopped.
+                    let _ = self.queue.send(Proposal { command, reply });
+                } else {
+                    let raft = self.raft.clone();
+                    tokio::spawn(async move {
+                        let _ = reply.send(raft.client_write(command).await.map(|r| r.data));
+                    });
+                }
+                answer
+            })
+            .collect();
+        let mut results = Vec::with_capacity(answers.len());
+        for answer in answers {
+            results.push(
+                answer
+                    .await
+                    .unwrap_or(Err(RaftError::Fatal(Fatal::Stopped))),
+            );
+        }
+        results
+    }
 }
 
 /// Whether `command` may share an entry with others: the client writes.
@@ -100,7 +131,7 @@ fn batchable(command: &Command) -> bool {
 }
 
 /// About how many bytes `command` adds to an entry: its keys and values.
-fn weight(command: &Command) -> usize {
+pub(crate) fn weight(command: &Command) -> usize {
     fn ops(list: &[RequestOp]) -> usize {
         list.iter()
             .map(|op| match op {

@@ -237,6 +237,9 @@ async fn concurrent_writes_share_entries_and_each_keeps_its_own_revision_and_res
         .borrow()
         .last_log_index;
 
+    let forward_calls = muster_raft::metrics::FORWARD_BATCH.get_sample_count();
+    let forwarded = muster_raft::metrics::FORWARD_BATCH.get_sample_sum();
+
     // 100 writes through each member at once; every 10th names a lease
     // that does not exist and must be refused on its own.
     const PER_MEMBER: usize = 100;
@@ -285,6 +288,19 @@ async fn concurrent_writes_share_entries_and_each_keeps_its_own_revision_and_res
         entries < (3 * PER_MEMBER) as u64,
         "{entries} entries for {} concurrent writes",
         3 * PER_MEMBER
+    );
+
+    // The followers' writes shared peer calls to the leader.
+    let calls = muster_raft::metrics::FORWARD_BATCH.get_sample_count() - forward_calls;
+    let carried = muster_raft::metrics::FORWARD_BATCH.get_sample_sum() - forwarded;
+    eprintln!("{carried} forwarded writes in {calls} peer calls");
+    assert!(
+        carried >= (2 * PER_MEMBER) as f64,
+        "every follower write was forwarded"
+    );
+    assert!(
+        calls < (2 * PER_MEMBER) as u64,
+        "{calls} peer calls for {carried} concurrent forwarded writes"
     );
 
     // Subscribers get one message per revision, in order, each holding
