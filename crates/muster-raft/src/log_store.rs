@@ -102,13 +102,23 @@ impl LogStore {
     }
 }
 
+/// sled's page cache for the log. The log is written once and read back
+/// mostly while it is recent (replication) or once (catch-up, replay), so a
+/// small cache costs little; sled's default (1 GiB) would keep every entry
+/// since the last purge in memory as well as in the state machine.
+const LOG_CACHE_BYTES: u64 = 16 << 20;
+
 impl LogDb {
     fn open(path: PathBuf) -> Result<LogDb, Error> {
         let sled_error = |source| Error::Sled {
             path: path.clone(),
             source,
         };
-        let db = sled::Config::new().path(&path).open().map_err(sled_error)?;
+        let db = sled::Config::new()
+            .path(&path)
+            .cache_capacity(LOG_CACHE_BYTES)
+            .open()
+            .map_err(sled_error)?;
         let log = db.open_tree(LOG_TREE).map_err(sled_error)?;
         let meta = db.open_tree(META_TREE).map_err(sled_error)?;
         let store = LogDb {
