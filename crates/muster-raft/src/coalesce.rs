@@ -307,11 +307,11 @@ mod tests {
         }
     }
 
-    /// A sender that records each batch and echoes its requests after
-    /// `delay`.
     /// The batches a test sender saw, with the member each went to.
     type Seen = Arc<Mutex<Vec<(NodeId, Vec<u32>)>>>;
 
+    /// A sender that records each batch and echoes its requests after
+    /// `delay`.
     fn echo(delay: Duration, seen: Seen) -> Coalescer<u32, u32> {
         Coalescer::start(limits(4), move |target, _addr, requests: Vec<u32>, _ttl| {
             let seen = seen.clone();

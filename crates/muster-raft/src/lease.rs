@@ -4,7 +4,7 @@
 //! lease or asking how long it has left must reach it. A member registers
 //! its [`LeaseKeeper`] with [`crate::RaftNode::set_lease_keeper`];
 //! [`crate::RaftNode::lease`] answers locally when this member leads and
-//! otherwise forwards the [`LeaseOp`] over the peer service (`Lease`) to the
+//! otherwise forwards the [`LeaseOp`] over the peer service (`LeaseBatch`) to the
 //! leader, whose keeper answers.
 //!
 //! Invariants:
@@ -94,12 +94,10 @@ pub(crate) async fn answer_confirmed(
     op: LeaseOp,
     within: Duration,
 ) -> Result<LeaseAnswer, Unanswered> {
-    if matches!(op, LeaseOp::Renew { .. }) {
-        confirm(reads, within).await?;
-    }
-    keeper
-        .answer(op)
-        .ok_or_else(|| Unanswered::NotLeader(raft.metrics().borrow().current_leader))
+    answer_all_confirmed(raft, reads, keeper, vec![op], within)
+        .await
+        .pop()
+        .expect("one answer per operation")
 }
 
 /// Answers each of `ops` as [`answer_confirmed`] would, in order, with one

@@ -30,19 +30,19 @@
 //!   when it recovers; the repeated failures in between are `debug`, so a
 //!   member that is down does not flood the log.
 //!
-//! Besides openraft's three RPCs the service carries eight of muster's own,
+//! Besides openraft's three RPCs the service carries six of muster's own,
 //! also for members only:
 //!
-//! - `Forward`: a follower hands a client's [`Command`] to the leader, which
-//!   proposes it and answers the [`CommandResult`] (or a [`ForwardError`]);
-//!   `ForwardBatch` does the same for several commands in one call (see
-//!   `coalesce`: a follower's concurrent forwards share calls).
+//! - `ForwardBatch`: a follower hands clients' [`Command`]s to the leader,
+//!   which proposes each and answers each [`CommandResult`] (or a
+//!   [`ForwardError`]); a follower's concurrent forwards share calls (see
+//!   `coalesce`).
 //! - `ReadIndex`: a follower asks the leader for the read index of a
 //!   linearizable read; the leader confirms its leadership with a quorum
 //!   first.
-//! - `Lease`: a follower hands a lease renewal or time-to-live query to
-//!   the leader's lease keeper ([`crate::RaftNode::lease`]); `LeaseBatch`
-//!   carries several, confirmed by one leadership round.
+//! - `LeaseBatch`: a follower hands lease renewals and time-to-live
+//!   queries to the leader's lease keeper ([`crate::RaftNode::lease`]); the
+//!   renewals of one call share one leadership confirmation.
 //! - `TimeoutNow`: a leader that is stopping asks its most up-to-date
 //!   follower to campaign at once ([`crate::RaftNode::hand_over`]).
 //! - `Membership`: a follower hands a membership change to the leader
@@ -131,7 +131,7 @@ fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, bincode::error::Deco
     bincode::serde::decode_from_slice(payload, bincode::config::standard()).map(|(value, _)| value)
 }
 
-/// Why the member that received a `Forward` or `ReadIndex` call could not
+/// Why the member that received a `ForwardBatch` or `ReadIndex` call could not
 /// serve it. Travels bincode-encoded in the reply's payload.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum ForwardError {
@@ -146,6 +146,15 @@ pub enum ForwardError {
     /// down, or its storage failed).
     #[error("raft: {0}")]
     Raft(String),
+}
+
+impl From<Unanswered> for ForwardError {
+    fn from(unanswered: Unanswered) -> Self {
+        match unanswered {
+            Unanswered::NotLeader(leader) => ForwardError::NotLeader { leader },
+            Unanswered::Failed(reason) => ForwardError::Raft(reason),
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -301,17 +310,6 @@ impl proto::raft_server::Raft for PeerService {
         }))
     }
 
-    async fn forward(
-        &self,
-        request: Request<proto::ForwardRequest>,
-    ) -> Result<Response<proto::ForwardResponse>, Status> {
-        let command: Command = decode_request(&request.into_inner().payload, "forwarded command")?;
-        let result = forward_result(self.proposer.write(command).await);
-        Ok(Response::new(proto::ForwardResponse {
-            payload: encode_reply(&result, "forward response")?,
-        }))
-    }
-
     async fn forward_batch(
         &self,
         request: Request<proto::ForwardBatchRequest>,
@@ -345,34 +343,6 @@ impl proto::raft_server::Raft for PeerService {
         }))
     }
 
-    async fn lease(
-        &self,
-        request: Request<proto::LeaseRequest>,
-    ) -> Result<Response<proto::LeaseResponse>, Status> {
-        let op: LeaseOp = decode_request(&request.into_inner().payload, "lease operation")?;
-        let result: Result<LeaseAnswer, ForwardError> =
-            match self.keeper.get().and_then(Weak::upgrade) {
-                None => Err(ForwardError::Raft(
-                    "this member keeps no leases".to_string(),
-                )),
-                Some(keeper) => crate::lease::answer_confirmed(
-                    &self.raft,
-                    &self.reads,
-                    &*keeper,
-                    op,
-                    LEADERSHIP_CHECK,
-                )
-                .await
-                .map_err(|unanswered| match unanswered {
-                    Unanswered::NotLeader(leader) => ForwardError::NotLeader { leader },
-                    Unanswered::Failed(reason) => ForwardError::Raft(reason),
-                }),
-            };
-        Ok(Response::new(proto::LeaseResponse {
-            payload: encode_reply(&result, "lease response")?,
-        }))
-    }
-
     async fn lease_batch(
         &self,
         request: Request<proto::LeaseBatchRequest>,
@@ -382,11 +352,7 @@ impl proto::raft_server::Raft for PeerService {
             match self.keeper.get().and_then(Weak::upgrade) {
                 None => ops
                     .iter()
-                    .map(|_| {
-                        Err(ForwardError::Raft(
-                            "this member keeps no leases".to_string(),
-                        ))
-                    })
+                    .map(|_| Err(ForwardError::Raft("this member keeps no leases".into())))
                     .collect(),
                 Some(keeper) => crate::lease::answer_all_confirmed(
                     &self.raft,
@@ -397,12 +363,7 @@ impl proto::raft_server::Raft for PeerService {
                 )
                 .await
                 .into_iter()
-                .map(|answer| {
-                    answer.map_err(|unanswered| match unanswered {
-                        Unanswered::NotLeader(leader) => ForwardError::NotLeader { leader },
-                        Unanswered::Failed(reason) => ForwardError::Raft(reason),
-                    })
-                })
+                .map(|answer| answer.map_err(ForwardError::from))
                 .collect(),
             };
         Ok(Response::new(proto::LeaseBatchResponse {
@@ -648,7 +609,7 @@ fn forward_result(written: crate::proposer::WriteResult) -> Result<CommandResult
     }
 }
 
-/// Why a `Forward` or `ReadIndex` call produced no answer from the peer.
+/// Why a peer call of muster's own produced no answer from the peer.
 #[derive(Clone, Debug)]
 pub(crate) enum PeerCallError {
     /// The peer could not be connected to (or dropped the connection): the
@@ -725,7 +686,7 @@ impl PeerNetworkFactory {
 
     /// Sends `commands` to member `target` (at peer address `addr`, which
     /// should be the leader) in one call, and waits at most `ttl` for the
-    /// answers: one per command, in order, as the `Forward` RPC answers each.
+    /// answers: one per command, in order.
     pub(crate) async fn forward_batch(
         &self,
         target: NodeId,

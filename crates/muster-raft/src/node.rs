@@ -22,7 +22,7 @@
 //!   address.
 //! - [`RaftNode::submit`] and [`RaftNode::read_barrier`] work on every
 //!   member: a follower forwards the command to the leader, or asks it for
-//!   the read index, over the peer service (`Forward`, `ReadIndex`), through
+//!   the read index, over the peer service (`ForwardBatch`, `ReadIndex`), through
 //!   the same cached channels openraft uses. Both are bounded by
 //!   [`REQUEST_TIMEOUT`] (or the caller's timeout, see
 //!   [`RaftNode::submit_within`]) and retry a bounded number of times while
@@ -525,7 +525,7 @@ impl RaftNode {
     /// its result once it is applied on the leader.
     ///
     /// On the leader this is [`RaftNode::write`]. A follower forwards the
-    /// command over the peer service (`Forward`) to the leader it knows, or
+    /// command over the peer service (`ForwardBatch`) to the leader it knows, or
     /// waits for one to be elected. The result is the leader's, so a command
     /// the core refuses comes back as [`CommandResult::Failed`] here too.
     ///
@@ -856,7 +856,7 @@ impl RaftNode {
 
     /// Runs lease operation `op` on the leader's lease keeper, from any
     /// member: locally when this member leads, otherwise forwarded over
-    /// the peer service (`Lease`). Retries as [`RaftNode::submit`] does
+    /// the peer service (`LeaseBatch`). Retries as [`RaftNode::submit`] does
     /// while leadership moves, within [`REQUEST_TIMEOUT`].
     pub async fn lease(&self, op: LeaseOp) -> Result<LeaseAnswer, Error> {
         self.via_leader(
