@@ -4,10 +4,11 @@
 
 use std::path::PathBuf;
 
-const PROTOS: [&str; 3] = [
+const PROTOS: [&str; 4] = [
     "mvccpb/kv.proto",
     "authpb/auth.proto",
     "etcdserverpb/rpc.proto",
+    "muster/registry/v1/registry.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -22,7 +22,11 @@
 //!   `Watch`, `Lease`, `Cluster`, `Maintenance` and `Auth` services (as
 //!   `*_client` and `*_server` modules).
 //!
-//! [`convert`] turns requests into muster-core's types and core responses
+//! - [`registrypb`]: muster's own `Registry` service
+//!   (`muster.registry.v1`).
+//!
+//! [`registry`] is the service registry's data model (an instance's key and
+//! JSON value). [`convert`] turns requests into muster-core's types and core responses
 //! and events back into wire types.
 
 /// Package `mvccpb`: MVCC key-value pairs and watch events.
@@ -62,7 +66,21 @@ pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
 }
 
+/// Package `muster.registry.v1`: the service registry API for programs
+/// that do not speak etcd's (`Registry` service).
+#[allow(
+    missing_docs,
+    unreachable_pub,
+    clippy::all,
+    clippy::pedantic,
+    rustdoc::all
+)]
+pub mod registrypb {
+    tonic::include_proto!("muster.registry.v1");
+}
+
 pub mod convert;
+pub mod registry;
 
 /// The end of the range of every key starting with `prefix`, as etcd's
 /// `GetPrefixRangeEnd` computes it: the prefix with its last byte below

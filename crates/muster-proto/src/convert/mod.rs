@@ -11,8 +11,12 @@
 //!
 //! The `serializable` flag of a range is a read-path choice of the server
 //! and has no core counterpart.
+//!
+//! [`registry`] converts the registry service's instances to and from the
+//! registry's data model.
 
 mod kv;
+pub mod registry;
 mod txn;
 
 use crate::etcdserverpb::ResponseHeader;
