@@ -12,6 +12,8 @@
 //! harness first (port 0) and kept across a member's restart. Every wait is
 //! bounded by [`WAIT`].
 
+pub mod proxy;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -46,7 +46,9 @@ pub enum ClusterState {
 #[command(
     name = "muster",
     version,
-    about = "A strongly consistent service registry speaking the etcd v3 API."
+    about = "A strongly consistent service registry speaking the etcd v3 API.",
+    after_help = "`muster agent --config FILE` runs the health-checking agent instead \
+                  (`muster agent --help`)."
 )]
 pub struct MemberConfig {
     /// A TOML file of settings, keyed by flag name without the dashes
@@ -176,6 +178,92 @@ pub struct MemberConfig {
     /// log collectors.
     #[arg(long, env = "MUSTER_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+
+    /// The key prefix service instances live under
+    /// (`<prefix>/<service>/<id>`), for the registry service and DNS.
+    #[arg(
+        long,
+        env = "MUSTER_REGISTRY_PREFIX",
+        default_value = muster_proto::registry::DEFAULT_PREFIX
+    )]
+    pub registry_prefix: String,
+
+    /// Where to serve DNS, over UDP and TCP on the same `ip:port` (empty
+    /// for nowhere).
+    #[arg(long, env = "MUSTER_LISTEN_DNS", default_value = crate::dns::DEFAULT_LISTEN)]
+    pub listen_dns: String,
+
+    /// The DNS domain answered for: `<service>.service.<domain>`.
+    #[arg(long, env = "MUSTER_DNS_DOMAIN", default_value = crate::dns::DEFAULT_DOMAIN)]
+    pub dns_domain: String,
+
+    /// Seconds resolvers may cache a DNS answer (the TTL of its A, AAAA and
+    /// SRV records).
+    #[arg(long, env = "MUSTER_DNS_TTL", default_value_t = crate::dns::DEFAULT_TTL)]
+    pub dns_ttl: u32,
+
+    /// Seconds resolvers may cache that a DNS name or record does not
+    /// exist (the SOA minimum sent with NXDOMAIN and empty answers).
+    #[arg(
+        long,
+        env = "MUSTER_DNS_NEGATIVE_TTL",
+        default_value_t = crate::dns::DEFAULT_NEGATIVE_TTL
+    )]
+    pub dns_negative_ttl: u32,
+
+    /// Self-preservation: while lease expirations within
+    /// --self-preservation-window exceed --self-preservation-threshold of
+    /// the live leases, the leader holds expired leases instead of revoking
+    /// them, for at most --self-preservation-max (a partition between many
+    /// clients and the cluster must not delete services that are alive).
+    /// `false` turns it off.
+    #[arg(
+        long,
+        env = "MUSTER_SELF_PRESERVATION",
+        default_value_t = true,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set
+    )]
+    pub self_preservation: bool,
+
+    /// The share of live leases (above 0, at most 1) whose expiry within
+    /// --self-preservation-window triggers self-preservation.
+    #[arg(
+        long,
+        env = "MUSTER_SELF_PRESERVATION_THRESHOLD",
+        default_value_t = crate::preserve::DEFAULT_THRESHOLD
+    )]
+    pub self_preservation_threshold: f64,
+
+    /// How far back lease expirations count (`60s`, `2m`; at least 1s, at
+    /// most 1h).
+    #[arg(
+        long,
+        env = "MUSTER_SELF_PRESERVATION_WINDOW",
+        default_value = "60s",
+        value_parser = crate::duration::parse
+    )]
+    pub self_preservation_window: std::time::Duration,
+
+    /// The longest self-preservation lasts once it began (`5m`; at least
+    /// 1s, at most 24h); expired leases still held then are revoked.
+    #[arg(
+        long,
+        env = "MUSTER_SELF_PRESERVATION_MAX",
+        default_value = "5m",
+        value_parser = crate::duration::parse
+    )]
+    pub self_preservation_max: std::time::Duration,
+
+    /// The fewest live leases with which self-preservation can trigger, so
+    /// that one of a handful of leases expiring never does.
+    #[arg(
+        long,
+        env = "MUSTER_SELF_PRESERVATION_MIN_LEASES",
+        default_value_t = 10
+    )]
+    pub self_preservation_min_leases: u64,
 }
 
 impl MemberConfig {
@@ -249,6 +337,7 @@ fn file_settings(path: &std::path::Path) -> Result<Vec<(String, Vec<String>)>, c
             toml::Value::String(s) => Some(s.clone()),
             toml::Value::Integer(i) => Some(i.to_string()),
             toml::Value::Boolean(b) => Some(b.to_string()),
+            toml::Value::Float(f) => Some(f.to_string()),
             _ => None,
         };
         let values: Vec<String> = match &value {
@@ -312,13 +401,19 @@ impl LogLevel {
     /// to a member that is down (a warning, and in replication an error,
     /// twice a second per peer); the peer transport logs a member going
     /// down and coming back once each instead, so below `debug` openraft
-    /// is kept to errors and its replication module quiet.
+    /// is kept to errors and its replication module quiet. hickory's DNS
+    /// server logs every query at info: only from `debug` on.
     pub fn filter(self) -> &'static str {
         match self {
             LogLevel::Error => "error,openraft::replication=off",
             LogLevel::Warn => "warn,openraft=error,openraft::replication=off,sled=warn",
-            LogLevel::Info => "info,openraft=error,openraft::replication=off,sled=warn",
-            LogLevel::Debug => "debug,openraft=info,sled=info,h2=info,hyper=info,tower=info",
+            LogLevel::Info => {
+                "info,openraft=error,openraft::replication=off,sled=warn,hickory_server=warn"
+            }
+            LogLevel::Debug => {
+                "debug,openraft=info,sled=info,h2=info,hyper=info,tower=info,\
+                 hickory_server=info,hickory_net=info,hickory_proto=info"
+            }
             LogLevel::Trace => "trace",
         }
     }
@@ -437,6 +532,19 @@ pub struct Member {
     pub limits: crate::kv::Limits,
     /// Where to serve metrics and health; empty for nowhere.
     pub listen_metrics_urls: Vec<PeerUrl>,
+    /// The key prefix of service instances (`--registry-prefix`).
+    pub registry_prefix: String,
+    /// Where to serve DNS (UDP and TCP); `None` for nowhere.
+    pub listen_dns: Option<SocketAddr>,
+    /// The DNS domain, lowercase, without the trailing dot.
+    pub dns_domain: String,
+    /// TTL of DNS answers, in seconds.
+    pub dns_ttl: u32,
+    /// TTL of negative DNS answers (the SOA minimum), in seconds.
+    pub dns_negative_ttl: u32,
+    /// When the leader stops revoking expired leases
+    /// (`--self-preservation*`).
+    pub self_preservation: crate::preserve::PreservationConfig,
 }
 
 /// The longest election timeout accepted, as etcd's limit.
@@ -534,6 +642,32 @@ impl MemberConfig {
             .map(|u| PeerUrl::parse(u, "--listen-metrics-urls"))
             .collect::<Result<Vec<_>, _>>()?;
         let advertise_client_urls = urls(&self.advertise_client_urls, "--advertise-client-urls")?;
+        muster_proto::registry::validate_prefix(&self.registry_prefix)
+            .map_err(|e| invalid(format!("--registry-prefix: {}", e.0)))?;
+        let listen_dns = match self.listen_dns.trim() {
+            "" => None,
+            raw => Some(raw.parse::<SocketAddr>().map_err(|_| {
+                invalid(format!(
+                    "--listen-dns: {raw:?} is not ip:port (such as 127.0.0.1:8600); \
+                     empty to serve no DNS"
+                ))
+            })?),
+        };
+        let dns_domain = crate::dns::normalize_domain(&self.dns_domain)
+            .map_err(|e| invalid(format!("--dns-domain: {e}")))?;
+        for (flag, ttl) in [
+            ("--dns-ttl", self.dns_ttl),
+            ("--dns-negative-ttl", self.dns_negative_ttl),
+        ] {
+            if ttl > crate::dns::MAX_TTL {
+                return Err(invalid(format!(
+                    "{flag} ({ttl}) must be at most {} seconds",
+                    crate::dns::MAX_TTL
+                )));
+            }
+        }
+
+        let self_preservation = self.self_preservation()?;
 
         let initial_cluster = match &self.initial_cluster {
             Some(raw) => parse_initial_cluster(raw)?,
@@ -598,6 +732,60 @@ impl MemberConfig {
             quota_backend_bytes,
             limits,
             listen_metrics_urls,
+            registry_prefix: self.registry_prefix.clone(),
+            listen_dns,
+            dns_domain,
+            dns_ttl: self.dns_ttl,
+            dns_negative_ttl: self.dns_negative_ttl,
+            self_preservation,
+        })
+    }
+}
+
+/// The longest `--self-preservation-window` accepted.
+pub const MAX_SELF_PRESERVATION_WINDOW: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// The longest `--self-preservation-max` accepted.
+pub const MAX_SELF_PRESERVATION: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+impl MemberConfig {
+    /// The `--self-preservation*` settings, checked.
+    fn self_preservation(&self) -> Result<crate::preserve::PreservationConfig, ConfigError> {
+        let threshold = self.self_preservation_threshold;
+        if !(threshold > 0.0 && threshold <= 1.0) {
+            return Err(invalid(format!(
+                "--self-preservation-threshold ({threshold}) must be a fraction above 0 and at \
+                 most 1 (0.15: 15% of the live leases)"
+            )));
+        }
+        let second = std::time::Duration::from_secs(1);
+        for (flag, value, most) in [
+            (
+                "--self-preservation-window",
+                self.self_preservation_window,
+                MAX_SELF_PRESERVATION_WINDOW,
+            ),
+            (
+                "--self-preservation-max",
+                self.self_preservation_max,
+                MAX_SELF_PRESERVATION,
+            ),
+        ] {
+            if value < second || value > most {
+                return Err(invalid(format!(
+                    "{flag} ({value:?}) must be at least 1s and at most {most:?}"
+                )));
+            }
+        }
+        if self.self_preservation_min_leases == 0 {
+            return Err(invalid("--self-preservation-min-leases must be at least 1"));
+        }
+        Ok(crate::preserve::PreservationConfig {
+            enabled: self.self_preservation,
+            threshold,
+            window: self.self_preservation_window,
+            max: self.self_preservation_max,
+            min_leases: usize::try_from(self.self_preservation_min_leases).unwrap_or(usize::MAX),
         })
     }
 }
@@ -847,6 +1035,132 @@ mod tests {
         }
     }
 
+    #[test]
+    fn dns_settings_are_read_and_checked() {
+        let defaults = config(&[]).validate().expect("valid");
+        assert_eq!(defaults.listen_dns, Some("127.0.0.1:8600".parse().unwrap()));
+        assert_eq!(defaults.dns_domain, "muster");
+        assert_eq!((defaults.dns_ttl, defaults.dns_negative_ttl), (5, 30));
+        let member = config(&[
+            "--listen-dns",
+            "[::1]:5353",
+            "--dns-domain",
+            "Registry.Example.",
+            "--dns-ttl",
+            "0",
+            "--dns-negative-ttl",
+            "600",
+        ])
+        .validate()
+        .expect("valid");
+        assert_eq!(member.listen_dns, Some("[::1]:5353".parse().unwrap()));
+        assert_eq!(member.dns_domain, "registry.example");
+        assert_eq!((member.dns_ttl, member.dns_negative_ttl), (0, 600));
+        let dns = crate::dns::DnsConfig::from_member(&member);
+        assert_eq!(dns.domain, "registry.example");
+        assert_eq!(dns.registry_prefix, "/registry/services");
+        let off = config(&["--listen-dns", ""]).validate().expect("valid");
+        assert_eq!(off.listen_dns, None, "empty disables DNS");
+        assert!(
+            error(&["--listen-dns", "localhost:8600"]).contains("--listen-dns: \"localhost:8600\"")
+        );
+        assert!(error(&["--listen-dns", "127.0.0.1"]).contains("is not ip:port"));
+        assert!(error(&["--dns-domain", "my_domain"]).contains("--dns-domain: \"my_domain\""));
+        assert!(error(&["--dns-domain", ""]).contains("--dns-domain"));
+        assert!(
+            error(&["--dns-ttl", "2147483648"])
+                .contains("--dns-ttl (2147483648) must be at most 2147483647 seconds")
+        );
+        assert!(error(&["--dns-negative-ttl", "4294967295"]).contains("--dns-negative-ttl"));
+        let garbage = MemberConfig::try_parse_from(["muster", "--dns-ttl=-1"])
+            .expect_err("not a u32")
+            .to_string();
+        assert!(garbage.contains("--dns-ttl"), "{garbage}");
+    }
+
+    #[test]
+    fn self_preservation_settings_are_read_and_checked() {
+        use crate::preserve::PreservationConfig;
+        use std::time::Duration;
+        let defaults = config(&[]).validate().expect("valid");
+        assert_eq!(defaults.self_preservation, PreservationConfig::default());
+        assert!(defaults.self_preservation.enabled);
+        let member = config(&[
+            "--self-preservation=false",
+            "--self-preservation-threshold",
+            "0.3",
+            "--self-preservation-window",
+            "2m",
+            "--self-preservation-max",
+            "1m30s",
+            "--self-preservation-min-leases",
+            "50",
+        ])
+        .validate()
+        .expect("valid");
+        assert_eq!(
+            member.self_preservation,
+            PreservationConfig {
+                enabled: false,
+                threshold: 0.3,
+                window: Duration::from_secs(120),
+                max: Duration::from_secs(90),
+                min_leases: 50,
+            }
+        );
+        assert!(!config(&["--self-preservation", "false"]).self_preservation);
+        assert!(config(&["--self-preservation"]).self_preservation);
+        for (args, expected) in [
+            (
+                &["--self-preservation-threshold", "0"][..],
+                "--self-preservation-threshold (0) must be a fraction above 0",
+            ),
+            (
+                &["--self-preservation-threshold", "1.5"][..],
+                "--self-preservation-threshold (1.5)",
+            ),
+            (
+                &["--self-preservation-threshold", "NaN"][..],
+                "--self-preservation-threshold (NaN)",
+            ),
+            (
+                &["--self-preservation-window", "500ms"][..],
+                "--self-preservation-window (500ms) must be at least 1s",
+            ),
+            (
+                &["--self-preservation-window", "2h"][..],
+                "--self-preservation-window (7200s) must be at least 1s and at most 3600s",
+            ),
+            (
+                &["--self-preservation-max", "0s"][..],
+                "--self-preservation-max (0ns) must be at least 1s",
+            ),
+            (
+                &["--self-preservation-min-leases", "0"][..],
+                "--self-preservation-min-leases must be at least 1",
+            ),
+        ] {
+            let error = error(args);
+            assert!(error.contains(expected), "{args:?}: {error}");
+        }
+        let garbage =
+            MemberConfig::try_parse_from(["muster", "--self-preservation-window", "soon"])
+                .expect_err("not a duration")
+                .to_string();
+        assert!(garbage.contains("--self-preservation-window"), "{garbage}");
+        // In the config file, as TOML's own types.
+        let from_file = load(
+            "self-preservation = false\n\
+             self-preservation-threshold = 0.25\n\
+             self-preservation-window = \"30s\"\n",
+            &[],
+        )
+        .expect("loads");
+        assert!(!from_file.self_preservation);
+        assert_eq!(from_file.self_preservation_threshold, 0.25);
+        assert_eq!(from_file.self_preservation_window, Duration::from_secs(30));
+    }
+
     /// Every directive of a filter names a level tracing knows.
     fn assert_levels_known(filter: &str) {
         for directive in filter.split(',') {
@@ -930,7 +1244,7 @@ mod tests {
         );
         refused(
             "election-timeout = 1.5\n",
-            "must be a string or a number, not float",
+            "`election-timeout`: invalid value '1.5'",
         );
         refused(
             "listen-client-urls = [[\"http://127.0.0.1:1\"]]\n",
@@ -1003,7 +1317,7 @@ mod tests {
             .get_arguments()
             .filter(|a| a.get_long().is_some_and(|l| l != "help" && l != "version"))
             .collect();
-        assert_eq!(flags.len(), 19, "every setting is a flag");
+        assert_eq!(flags.len(), 29, "every setting is a flag");
         for flag in flags {
             let long = flag.get_long().unwrap_or_default();
             let expected = format!("MUSTER_{}", long.to_uppercase().replace('-', "_"));

@@ -1,13 +1,14 @@
-//! Leases: the leader's lessor (expiry timers, revocation, checkpoints) and
-//! the etcd v3 `Lease` service on every member.
+//! Leases: the leader's lessor (expiry timers, revocation, checkpoints,
+//! self-preservation) and the etcd v3 `Lease` service on every member.
 //!
 //! ```text
 //!   Grant / Revoke ──submit──▶ Raft log ──▶ every replica's lease table
 //!   KeepAlive / TimeToLive ──RaftNode::lease──▶ leader's Lessor (forwarded
 //!                                               over the peer service from
 //!                                               a follower)
-//!   Lessor tick (leader only): expired → LeaseRevoke through Raft (rate-
-//!   limited); every checkpoint interval → LeaseCheckpoint through Raft
+//!   Lessor tick (leader only): expired → self-preservation decides (see
+//!   crate::preserve) → LeaseRevoke through Raft (rate-limited) unless
+//!   held; every checkpoint interval → LeaseCheckpoint through Raft
 //! ```
 //!
 //! Invariants:
@@ -23,6 +24,20 @@
 //!   neither mass-expires healthy leases nor extends them forever.
 //! - Revocations are proposed at most [`LeaseConfig::revokes_per_second`]
 //!   per second; a revoke that fails is retried at a later tick.
+//! - **Self-preservation** ([`crate::preserve`], on unless
+//!   [`PreservationConfig::enabled`] is false): every tick the lessor
+//!   reports the expired leases it tracks; while too many expired within
+//!   the window it revokes none of them (they are *held*) for at most
+//!   [`PreservationConfig::max`], and a held lease that is renewed comes
+//!   back to life (until then `TimeToLive` answers it 0 seconds left).
+//!   Expired leases still held when it ends are revoked under the same
+//!   rate limit. It never touches grants, renewals of live leases,
+//!   checkpoints or a client's own `LeaseRevoke`. The state is this
+//!   leader's alone: it is dropped with the timers, and entering and
+//!   leaving it is logged at warn level and shown by the
+//!   `muster_server_self_preservation` gauge, the
+//!   `muster_server_self_preservation_entered_total` counter and a line
+//!   in the leader's `Status.errors` ([`Lessor::self_preservation`]).
 //! - A renewal of a checkpointed lease clears its checkpoint through Raft,
 //!   so a later leader does not restart it from the stale remaining TTL.
 //! - Granted TTLs are at least [`LeaseConfig::min_ttl`] seconds (etcd:
@@ -35,7 +50,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use muster_core::{Command, Error as CoreError, LeaseCheckpoint, MAX_LEASE_TTL, Response, Store};
+use muster_core::{
+    Command, Error as CoreError, LeaseCheckpoint, LeaseInfo, MAX_LEASE_TTL, Response, Store,
+};
 use muster_proto::etcdserverpb as pb;
 use muster_proto::etcdserverpb::lease_server::Lease;
 use muster_raft::{CommandResult, LeaseAnswer, LeaseKeeper, LeaseOp, RaftNode};
@@ -46,6 +63,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Status, Streaming};
 
 use crate::kv::{LEASE_OVERHEAD, Quota};
+use crate::preserve::{Change, LeaveReason, Preservation, PreservationConfig, Report};
 use crate::status::{core_status, raft_status};
 
 /// Lease checkpoints proposed in one log entry at most.
@@ -64,27 +82,35 @@ pub struct LeaseConfig {
     pub revokes_per_second: usize,
     /// How often the leader checkpoints remaining TTLs (etcd: 5 min).
     pub checkpoint_interval: Duration,
+    /// When the leader stops revoking expired leases (see
+    /// [`crate::preserve`]).
+    pub self_preservation: PreservationConfig,
 }
 
 impl LeaseConfig {
     /// The configuration for a member with election timeout
     /// `election_timeout`: etcd's minimum TTL of ceil(1.5 × election
-    /// timeout) seconds and etcd's other defaults.
+    /// timeout) seconds, a tick of a quarter of the election timeout
+    /// (between 50 and 500 ms; etcd looks every 500 ms) so that a dead
+    /// service's instance is gone within its TTL plus an election timeout,
+    /// etcd's other defaults, and self-preservation on with its defaults.
     pub fn for_election_timeout(election_timeout: Duration) -> Self {
         let millis = u64::try_from(election_timeout.as_millis()).unwrap_or(u64::MAX / 4);
         let min_ttl = (3 * millis).div_ceil(2000).max(1);
         LeaseConfig {
             min_ttl: i64::try_from(min_ttl).unwrap_or(i64::MAX),
             election_timeout,
-            tick: Duration::from_millis(500),
+            tick: (election_timeout / 4)
+                .clamp(Duration::from_millis(50), Duration::from_millis(500)),
             revokes_per_second: 1000,
             checkpoint_interval: Duration::from_secs(300),
+            self_preservation: PreservationConfig::default(),
         }
     }
 }
 
 /// The leader's lease timers.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Timers {
     /// The term these timers were set up in; `None` when not leading.
     term: Option<u64>,
@@ -92,6 +118,158 @@ struct Timers {
     expiries: HashMap<i64, Instant>,
     /// Renewed leases whose checkpoint must be cleared.
     clear_checkpoints: BTreeSet<i64>,
+    /// Whether expired leases are held rather than revoked.
+    preservation: Preservation,
+}
+
+fn seconds_until(deadline: Instant, now: Instant) -> i64 {
+    let left = deadline.saturating_duration_since(now);
+    i64::try_from(left.as_millis().div_ceil(1000)).unwrap_or(i64::MAX)
+}
+
+fn ttl_duration(ttl: i64) -> Duration {
+    Duration::from_secs(ttl.max(0).unsigned_abs())
+}
+
+impl Timers {
+    /// The timers of a member that does not lead.
+    fn new(preservation: PreservationConfig) -> Self {
+        Timers {
+            term: None,
+            expiries: HashMap::new(),
+            clear_checkpoints: BTreeSet::new(),
+            preservation: Preservation::new(preservation),
+        }
+    }
+
+    /// Forgets every timer (this member does not lead); ends
+    /// self-preservation if it was under way.
+    fn stop_leading(&mut self, now: Instant) -> Option<Change> {
+        let change = self.preservation.leave(now, LeaveReason::Deposed);
+        *self = Timers::new(self.preservation.config());
+        change
+    }
+
+    /// Sets up the timers of a member just elected in `term`: every lease
+    /// restarts from its checkpoint, plus `grace` (an election timeout) for
+    /// the time without a leader. Self-preservation starts afresh.
+    fn start_leading(
+        &mut self,
+        term: u64,
+        store: &Store,
+        now: Instant,
+        grace: Duration,
+    ) -> Option<Change> {
+        let change = self.stop_leading(now);
+        self.expiries = store
+            .leases()
+            .map(|lease| {
+                let left = if lease.remaining_ttl > 0 {
+                    lease.remaining_ttl
+                } else {
+                    lease.ttl
+                };
+                (lease.id, now + ttl_duration(left) + grace)
+            })
+            .collect();
+        self.term = Some(term);
+        tracing::info!(leases = self.expiries.len(), term, "lessor: leading");
+        change
+    }
+
+    /// Follows the store: forgets revoked leases, starts new ones at their
+    /// TTL.
+    fn sync(&mut self, store: &Store, now: Instant) {
+        self.expiries.retain(|id, _| store.lease(*id).is_some());
+        for lease in store.leases() {
+            self.expiries
+                .entry(lease.id)
+                .or_insert_with(|| now + ttl_duration(lease.ttl));
+        }
+    }
+
+    /// Lets self-preservation see the expired leases, then answers up to
+    /// `budget` of them to revoke, earliest deadline first, leaving out
+    /// those it holds; and the change of mode, if any.
+    fn due(&mut self, now: Instant, budget: usize) -> (Vec<i64>, Option<Change>) {
+        let change = self.preservation.observe(now, &self.expiries);
+        let mut expired: Vec<(Instant, i64)> = self
+            .expiries
+            .iter()
+            .filter(|(id, at)| **at <= now && !self.preservation.holds(**id))
+            .map(|(id, at)| (*at, *id))
+            .collect();
+        expired.sort_unstable();
+        expired.truncate(budget);
+        (expired.into_iter().map(|(_, id)| id).collect(), change)
+    }
+
+    /// Renews lease `id` (`lease`: the store's record of it) at `now`. An
+    /// expired lease is not renewed (its revocation is on its way) unless
+    /// self-preservation holds it: then it comes back to life.
+    fn renew(&mut self, id: i64, lease: Option<LeaseInfo>, now: Instant) -> LeaseAnswer {
+        let Some(lease) = lease else {
+            self.expiries.remove(&id);
+            return LeaseAnswer::NotFound;
+        };
+        match self.expiries.get(&id) {
+            Some(at) if *at <= now && !self.preservation.holds(id) => {
+                return LeaseAnswer::NotFound;
+            }
+            _ => {}
+        }
+        self.expiries.insert(id, now + ttl_duration(lease.ttl));
+        self.preservation.renewed(id);
+        if lease.remaining_ttl > 0 {
+            self.clear_checkpoints.insert(id);
+        }
+        LeaseAnswer::Renewed { ttl: lease.ttl }
+    }
+}
+
+/// Logs a change of self-preservation at warn level and keeps its metrics.
+fn report(change: Option<Change>, config: &PreservationConfig) {
+    match change {
+        None => {}
+        Some(Change::Entered {
+            expiries,
+            live,
+            held,
+        }) => {
+            crate::metrics::SELF_PRESERVATION.set(1);
+            crate::metrics::SELF_PRESERVATION_ENTERED.inc();
+            tracing::warn!(
+                expiries,
+                live,
+                held,
+                threshold = config.threshold,
+                window = ?config.window,
+                max = ?config.max,
+                "self-preservation: entering: {expiries} unresolved lease expiries within {:?} \
+                 exceed {} of {live} live leases; holding expired leases instead of revoking \
+                 them, for at most {:?}",
+                config.window,
+                config.threshold,
+                config.max
+            );
+        }
+        Some(Change::Left {
+            reason,
+            released,
+            renewed,
+            lasted,
+        }) => {
+            crate::metrics::SELF_PRESERVATION.set(0);
+            tracing::warn!(
+                %reason,
+                released,
+                renewed,
+                lasted = ?lasted,
+                "self-preservation: leaving ({reason}) after {lasted:?}: {renewed} held leases \
+                 were renewed, {released} still expired are revoked now"
+            );
+        }
+    }
 }
 
 /// The lessor of one member: lease timers while it leads.
@@ -102,18 +280,13 @@ pub struct Lessor {
     timers: Mutex<Timers>,
 }
 
-fn seconds_until(deadline: Instant, now: Instant) -> i64 {
-    let left = deadline.saturating_duration_since(now);
-    i64::try_from(left.as_millis().div_ceil(1000)).unwrap_or(i64::MAX)
-}
-
 impl Lessor {
     /// A lessor for `node`, registered as its lease keeper.
     pub fn new(node: Arc<RaftNode>, config: LeaseConfig) -> Arc<Self> {
         let lessor = Arc::new(Lessor {
             node: Arc::clone(&node),
             config,
-            timers: Mutex::default(),
+            timers: Mutex::new(Timers::new(config.self_preservation)),
         });
         let keeper: Arc<dyn LeaseKeeper> = lessor.clone();
         node.set_lease_keeper(&keeper);
@@ -123,6 +296,17 @@ impl Lessor {
     /// The configuration.
     pub fn config(&self) -> LeaseConfig {
         self.config
+    }
+
+    /// The self-preservation episode under way, while this member leads
+    /// and holds expired leases.
+    pub fn self_preservation(&self) -> Option<Report> {
+        let term = self.leading_term()?;
+        let timers = self.timers();
+        if timers.term != Some(term) {
+            return None;
+        }
+        timers.preservation.report(Instant::now())
     }
 
     fn timers(&self) -> MutexGuard<'_, Timers> {
@@ -137,8 +321,14 @@ impl Lessor {
     }
 
     /// Runs the lessor's tick until `stopping` becomes true or the node
-    /// stops.
-    pub async fn run(self: Arc<Self>, mut stopping: watch::Receiver<bool>) {
+    /// stops; then drops the timers (ending self-preservation).
+    pub async fn run(self: Arc<Self>, stopping: watch::Receiver<bool>) {
+        self.tick_until_stopped(stopping).await;
+        let change = self.timers().stop_leading(Instant::now());
+        report(change, &self.config.self_preservation);
+    }
+
+    async fn tick_until_stopped(&self, mut stopping: watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(self.config.tick.max(Duration::from_millis(1)));
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut last_checkpoint = Instant::now();
@@ -192,59 +382,31 @@ impl Lessor {
         }
     }
 
-    /// Sets up the timers of a member just elected in `term`: every lease
-    /// restarts from its checkpoint, plus an election timeout for the time
-    /// without a leader.
-    fn start_leading(&self, timers: &mut Timers, term: u64, store: &Store) {
-        let now = Instant::now();
-        timers.expiries = store
-            .leases()
-            .map(|lease| {
-                let left = if lease.remaining_ttl > 0 {
-                    lease.remaining_ttl
-                } else {
-                    lease.ttl
-                };
-                let expiry = now
-                    + Duration::from_secs(left.max(0).unsigned_abs())
-                    + self.config.election_timeout;
-                (lease.id, expiry)
-            })
-            .collect();
-        timers.clear_checkpoints.clear();
-        timers.term = Some(term);
-        tracing::info!(leases = timers.expiries.len(), term, "lessor: leading");
+    /// Sets up the timers of a member just elected in `term` (see
+    /// [`Timers::start_leading`]).
+    fn start_leading(&self, timers: &mut Timers, term: u64, store: &Store, now: Instant) {
+        let change = timers.start_leading(term, store, now, self.config.election_timeout);
+        report(change, &self.config.self_preservation);
     }
 
     /// Brings the timers in line with leadership and the store; returns up
-    /// to `budget` expired leases.
+    /// to `budget` expired leases to revoke.
     fn refresh(&self, leading: bool, term: u64, store: &Store, budget: usize) -> Vec<i64> {
+        let now = Instant::now();
         let mut timers = self.timers();
         if !leading {
-            *timers = Timers::default();
+            let change = timers.stop_leading(now);
+            report(change, &self.config.self_preservation);
             return Vec::new();
         }
-        let now = Instant::now();
         if timers.term != Some(term) {
-            self.start_leading(&mut timers, term, store);
+            self.start_leading(&mut timers, term, store, now);
         } else {
-            timers.expiries.retain(|id, _| store.lease(*id).is_some());
-            for lease in store.leases() {
-                timers
-                    .expiries
-                    .entry(lease.id)
-                    .or_insert_with(|| now + Duration::from_secs(lease.ttl.max(0).unsigned_abs()));
-            }
+            timers.sync(store, now);
         }
-        let mut expired: Vec<(Instant, i64)> = timers
-            .expiries
-            .iter()
-            .filter(|(_, at)| **at <= now)
-            .map(|(id, at)| (*at, *id))
-            .collect();
-        expired.sort_unstable();
-        expired.truncate(budget);
-        expired.into_iter().map(|(_, id)| id).collect()
+        let (expired, change) = timers.due(now, budget);
+        report(change, &self.config.self_preservation);
+        expired
     }
 
     /// Proposes the revocation of `expired`, once a quorum confirmed this
@@ -319,28 +481,10 @@ impl LeaseKeeper for Lessor {
         let now = Instant::now();
         let mut timers = self.timers();
         if timers.term != Some(term) {
-            self.start_leading(&mut timers, term, &store);
+            self.start_leading(&mut timers, term, &store, now);
         }
         match op {
-            LeaseOp::Renew { id } => {
-                let Some(lease) = store.lease(id) else {
-                    timers.expiries.remove(&id);
-                    return Some(LeaseAnswer::NotFound);
-                };
-                match timers.expiries.get(&id) {
-                    // Already expired: its revocation is on its way.
-                    Some(at) if *at <= now => return Some(LeaseAnswer::NotFound),
-                    _ => {}
-                }
-                timers.expiries.insert(
-                    id,
-                    now + Duration::from_secs(lease.ttl.max(0).unsigned_abs()),
-                );
-                if lease.remaining_ttl > 0 {
-                    timers.clear_checkpoints.insert(id);
-                }
-                Some(LeaseAnswer::Renewed { ttl: lease.ttl })
-            }
+            LeaseOp::Renew { id } => Some(timers.renew(id, store.lease(id), now)),
             LeaseOp::TimeToLive { id } => {
                 let Some(lease) = store.lease(id) else {
                     return Some(LeaseAnswer::NotFound);
@@ -560,5 +704,204 @@ impl Lease for LeaseService {
                 .map(|lease| pb::LeaseStatus { id: lease.id })
                 .collect(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GRACE: Duration = Duration::from_secs(1);
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    /// A store holding leases 1..=n with TTL 10 s.
+    fn store_with_leases(n: i64) -> Store {
+        let mut store = Store::new();
+        for id in 1..=n {
+            store
+                .apply(id.unsigned_abs(), Command::LeaseGrant { id, ttl: 10 })
+                .expect("grant");
+        }
+        store
+    }
+
+    /// What [`Lessor::run`] does with the leases `due` answers: revokes
+    /// them through the log, and the lessor forgets them.
+    fn revoke(store: &mut Store, timers: &mut Timers, index: &mut u64, ids: &[i64]) {
+        for &id in ids {
+            *index += 1;
+            store
+                .apply(*index, Command::LeaseRevoke { id })
+                .expect("revoke");
+            timers.expiries.remove(&id);
+        }
+    }
+
+    /// Timers leading in term 1 at `t0` over 30 leases (deadlines t0 + 11 s),
+    /// with self-preservation's defaults.
+    fn leading(store: &Store, t0: Instant) -> Timers {
+        let mut timers = Timers::new(PreservationConfig::default());
+        assert_eq!(timers.start_leading(1, store, t0, GRACE), None);
+        timers
+    }
+
+    #[test]
+    fn a_third_expiring_at_once_is_held_renewable_then_revoked_at_the_rate_limit() {
+        let t0 = Instant::now();
+        let mut store = store_with_leases(30);
+        let mut index = 100;
+        let mut timers = leading(&store, t0);
+        // Leases 11..=30 are kept alive every 5 s; 1..=10 stop renewing.
+        let keep_alive = |timers: &mut Timers, store: &Store, now: Instant| {
+            for id in 11..=30 {
+                assert_eq!(
+                    timers.renew(id, store.lease(id), now),
+                    LeaseAnswer::Renewed { ttl: 10 }
+                );
+            }
+        };
+        keep_alive(&mut timers, &store, t0 + secs(5));
+        assert_eq!(timers.due(t0 + secs(10), 1000), (Vec::new(), None));
+        let (due, change) = timers.due(t0 + secs(11), 1000);
+        assert_eq!(due, Vec::<i64>::new(), "held, not revoked");
+        assert!(matches!(
+            change,
+            Some(Change::Entered {
+                expiries: 10,
+                live: 30,
+                held: 10
+            })
+        ));
+        // A held lease that renews comes back to life with its full TTL.
+        assert_eq!(
+            timers.renew(1, store.lease(1), t0 + secs(12)),
+            LeaseAnswer::Renewed { ttl: 10 }
+        );
+        // A client's own revoke of a held lease goes through as always.
+        revoke(&mut store, &mut timers, &mut index, &[2]);
+        // Keep the rest alive up to the bound (5 min after entering).
+        let mut now = t0 + secs(11);
+        while now < t0 + secs(311) {
+            keep_alive(&mut timers, &store, now);
+            if now > t0 + secs(12) {
+                assert_eq!(
+                    timers.renew(1, store.lease(1), now),
+                    LeaseAnswer::Renewed { ttl: 10 }
+                );
+            }
+            timers.sync(&store, now);
+            let (due, change) = timers.due(now, 1000);
+            assert_eq!((due, change), (Vec::new(), None), "at {:?}", now - t0);
+            now += secs(5);
+        }
+        // The bound: leases 3..=10, still expired, are revoked, at most
+        // `budget` per tick and oldest first; lease 1 lives.
+        keep_alive(&mut timers, &store, now);
+        timers.sync(&store, now);
+        let (due, change) = timers.due(now, 3);
+        assert!(matches!(
+            change,
+            Some(Change::Left {
+                reason: LeaveReason::Bound,
+                released: 8,
+                renewed: 1,
+                ..
+            })
+        ));
+        assert_eq!(due.len(), 3);
+        let mut revoked = due.clone();
+        revoke(&mut store, &mut timers, &mut index, &due);
+        // A renewal of a lease released for revocation is refused.
+        let waiting = (3..=10).find(|id| !revoked.contains(id)).expect("one left");
+        assert_eq!(
+            timers.renew(waiting, store.lease(waiting), now),
+            LeaseAnswer::NotFound
+        );
+        while revoked.len() < 8 {
+            now += Duration::from_millis(500);
+            timers.sync(&store, now);
+            let (due, change) = timers.due(now, 3);
+            assert_eq!(change, None, "no new episode from the released leases");
+            assert!(!due.is_empty() && due.len() <= 3);
+            revoke(&mut store, &mut timers, &mut index, &due);
+            revoked.extend(due);
+        }
+        revoked.sort_unstable();
+        assert_eq!(revoked, (3..=10).collect::<Vec<_>>());
+        assert!(store.lease(1).is_some());
+    }
+
+    #[test]
+    fn ordinary_churn_is_revoked_at_once() {
+        let t0 = Instant::now();
+        let mut store = store_with_leases(30);
+        let mut index = 100;
+        let mut timers = leading(&store, t0);
+        // One lease stops renewing every 20 s (3 a minute, under 4.5); the
+        // others renew every 5 s.
+        let mut stopped = Vec::new();
+        let mut now = t0 + secs(5);
+        while now < t0 + secs(200) {
+            if (now - t0).as_secs() % 20 == 5 && stopped.len() < 9 {
+                stopped.push(i64::try_from(stopped.len() + 1).expect("small"));
+            }
+            for id in 1..=30 {
+                if !stopped.contains(&id) {
+                    assert!(matches!(
+                        timers.renew(id, store.lease(id), now),
+                        LeaseAnswer::Renewed { .. }
+                    ));
+                }
+            }
+            timers.sync(&store, now);
+            let (due, change) = timers.due(now, 1000);
+            assert_eq!(change, None, "at {:?}", now - t0);
+            assert!(due.iter().all(|id| stopped.contains(id)));
+            revoke(&mut store, &mut timers, &mut index, &due);
+            // Nothing expired is left waiting.
+            assert!(timers.expiries.values().all(|at| *at > now));
+            now += secs(5);
+        }
+        assert_eq!(store.lease_count(), 30 - stopped.len());
+        // Each stopped lease was revoked at the first tick after its
+        // deadline (checked in the loop), and none is left.
+        assert!(stopped.iter().all(|id| store.lease(*id).is_none()));
+    }
+
+    #[test]
+    fn a_new_term_starts_afresh_and_self_preservation_can_be_off() {
+        let t0 = Instant::now();
+        let store = store_with_leases(30);
+        let mut timers = leading(&store, t0);
+        assert!(matches!(
+            timers.due(t0 + secs(11), 1000),
+            (_, Some(Change::Entered { .. }))
+        ));
+        // Elected again in a later term: the episode ends, every lease
+        // restarts from its TTL plus the grace.
+        assert!(matches!(
+            timers.start_leading(2, &store, t0 + secs(12), GRACE),
+            Some(Change::Left {
+                reason: LeaveReason::Deposed,
+                ..
+            })
+        ));
+        assert_eq!(timers.due(t0 + secs(22), 1000), (Vec::new(), None));
+        assert!(timers.stop_leading(t0 + secs(22)).is_none());
+        // Off: all 30 expire together and all are due, rate-limited.
+        let mut off = Timers::new(PreservationConfig {
+            enabled: false,
+            ..PreservationConfig::default()
+        });
+        off.start_leading(1, &store, t0, GRACE);
+        let (due, change) = off.due(t0 + secs(11), 20);
+        assert_eq!((due.len(), change), (20, None));
+        assert_eq!(
+            off.renew(1, store.lease(1), t0 + secs(11)),
+            LeaseAnswer::NotFound
+        );
     }
 }

@@ -25,7 +25,13 @@
 //!
 //! `Status.errors` lists every raised alarm as etcd prints an
 //! `AlarmMember`: `"memberID:<decimal ID> alarm:NOSPACE "`, with the
-//! trailing space of Go's compact protobuf text format.
+//! trailing space of Go's compact protobuf text format. On the leader it
+//! also lists self-preservation while it lasts
+//! (`"muster: self-preservation: ..."`, see [`crate::preserve`]): that is
+//! not an etcd alarm, because etcdctl's `endpoint health` reports every
+//! endpoint unhealthy while any alarm is raised (an unknown type as
+//! `UNKNOWN`), and a health probe restarting members would end the very
+//! protection self-preservation gives.
 //!
 //! Invariants:
 //!
@@ -83,6 +89,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
+use crate::lease::Lessor;
 use crate::status::{NO_LEADER, TIMEOUT, core_status, raft_status};
 
 /// The etcd API version muster implements, reported by `Status`.
@@ -129,6 +136,8 @@ pub struct MaintenanceService {
     node: Arc<RaftNode>,
     cluster_id: u64,
     digest: DigestCache,
+    /// This member's lessor, whose self-preservation `Status` reports.
+    lessor: Option<Arc<Lessor>>,
 }
 
 impl MaintenanceService {
@@ -138,7 +147,15 @@ impl MaintenanceService {
             node,
             cluster_id,
             digest: Arc::default(),
+            lessor: None,
         }
+    }
+
+    /// The same service, listing in `Status.errors` the self-preservation
+    /// of `lessor` while it holds expired leases (on the leader).
+    pub fn with_lessor(mut self, lessor: Arc<Lessor>) -> Self {
+        self.lessor = Some(lessor);
+        self
     }
 
     /// The tonic server for this service.
@@ -525,7 +542,8 @@ impl Maintenance for MaintenanceService {
     /// log and snapshot files, and `db_size_in_use` the length of a
     /// snapshot of the current state (at most `db_size`). As in etcd,
     /// `errors` holds "etcdserver: no leader" while no leader is known,
-    /// then every alarm this member's store shows raised.
+    /// then every alarm this member's store shows raised, then, on a
+    /// leader holding expired leases, its self-preservation report.
     async fn status(
         &self,
         _request: Request<pb::StatusRequest>,
@@ -547,6 +565,12 @@ impl Maintenance for MaintenanceService {
             Vec::new()
         };
         errors.extend(store.alarms().map(alarm_error));
+        errors.extend(
+            self.lessor
+                .as_ref()
+                .and_then(|lessor| lessor.self_preservation())
+                .map(|report| report.to_string()),
+        );
         let db_size = i64::try_from(db_size).unwrap_or(i64::MAX);
         Ok(Response::new(pb::StatusResponse {
             header: Some(pb::ResponseHeader {

@@ -131,6 +131,24 @@ pub static LEASES_EXPIRED: LazyLock<IntCounter> = LazyLock::new(|| {
     )
 });
 
+/// 1 while this member's lessor, as leader, holds expired leases instead
+/// of revoking them (self-preservation, see [`crate::preserve`]).
+pub static SELF_PRESERVATION: LazyLock<IntGauge> = LazyLock::new(|| {
+    gauge(
+        "muster_server_self_preservation",
+        "1 while this member (the leader) holds expired leases instead of revoking them \
+         (self-preservation), else 0.",
+    )
+});
+
+/// Times this member's lessor entered self-preservation.
+pub static SELF_PRESERVATION_ENTERED: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "muster_server_self_preservation_entered_total",
+        "Times this member's lessor (on the leader) entered self-preservation.",
+    )
+});
+
 /// The store's size in bytes (what the quota measures).
 pub static DB_SIZE_IN_USE: LazyLock<IntGauge> = LazyLock::new(|| {
     gauge(
@@ -149,6 +167,18 @@ pub static GRPC_HANDLED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("register counter vec")
 });
 
+/// DNS queries answered, by query type (`A`, `AAAA`, `SRV`, `SOA`, `ANY`,
+/// `other`) and response code (`NOERROR`, `NXDOMAIN`, `REFUSED`, ...):
+/// both fixed sets, so a client cannot grow the label set.
+pub static DNS_QUERIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "muster_dns_queries_total",
+        "DNS queries answered, by query type and response code.",
+        &["type", "rcode"]
+    )
+    .expect("register counter vec")
+});
+
 /// Registers every metric, so all appear on a scrape before their first
 /// event.
 pub fn register() {
@@ -160,6 +190,7 @@ pub fn register() {
         &LEASES_REVOKED,
         &LEASES_RENEWED,
         &LEASES_EXPIRED,
+        &SELF_PRESERVATION_ENTERED,
     ] {
         LazyLock::force(metric);
     }
@@ -169,10 +200,12 @@ pub fn register() {
         &WATCH_STREAMS,
         &WATCHERS,
         &DB_SIZE_IN_USE,
+        &SELF_PRESERVATION,
     ] {
         LazyLock::force(metric);
     }
     LazyLock::force(&GRPC_HANDLED);
+    LazyLock::force(&DNS_QUERIES);
 }
 
 /// Follows `node`'s Raft metrics until they end: counts leader changes

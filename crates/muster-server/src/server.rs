@@ -9,6 +9,9 @@
 //!       ├─ etcdserverpb.Maintenance (maintenance)
 //!       ├─ etcdserverpb.Auth        (auth: unimplemented)
 //!       ├─ grpc.health.v1.Health    (health: SERVING while a leader is known)
+//!       ├─ muster.registry.v1.Registry (registry: instances under
+//!       │                               --registry-prefix, written through
+//!       │                               the KV and Lease services above)
 //!       └─ ... further services as they are added
 //! ```
 //!
@@ -19,6 +22,12 @@
 //! - [`ClientApi::serve`] returns once `shutdown` resolves and in-flight
 //!   calls have drained; open watch streams are ended at that point (they
 //!   would otherwise never drain). The node itself is stopped by its owner.
+//! - Every connection is pinged after [`KEEPALIVE_INTERVAL`] without a
+//!   frame from the client and closed when the ping is not answered within
+//!   [`KEEPALIVE_TIMEOUT`] (both adjustable with
+//!   [`ClientApi::with_keepalive`]), so the streams of a client that vanished
+//!   without closing its connection end (a registry `Register` stream then
+//!   revokes its lease instead of renewing it forever).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -37,7 +46,18 @@ use crate::health::HealthService;
 use crate::kv::{KvService, Limits, Quota};
 use crate::lease::{LeaseConfig, LeaseService, Lessor};
 use crate::maintenance::MaintenanceService;
+use crate::registry::RegistryService;
 use crate::watch::{WatchConfig, WatchService};
+
+/// How long a client connection may stay silent before it is pinged
+/// (HTTP/2 keepalive).
+pub const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long a client has to answer a keepalive ping before its connection
+/// is closed (etcd's `--grpc-keepalive-timeout` default). Generous: a
+/// client process starved of CPU for a few seconds must not lose its
+/// connections and watches.
+pub const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// The services of one member's client API.
 #[derive(Clone, Debug)]
@@ -51,6 +71,11 @@ pub struct ClientApi {
     lease: LeaseConfig,
     /// What this member publishes about itself when it serves.
     attributes: Option<MemberAttributes>,
+    /// The key prefix of the registry service's instances.
+    registry_prefix: String,
+    /// HTTP/2 keepalive: ping after this much silence, close when the ping
+    /// is not answered within the second.
+    keepalive: (std::time::Duration, std::time::Duration),
     /// Test builds only: followers answer linearizable reads without the
     /// read barrier (see `KvService::with_stale_follower_reads`).
     #[cfg(feature = "fault-injection")]
@@ -75,6 +100,8 @@ impl ClientApi {
             },
             lease: LeaseConfig::for_election_timeout(WatchConfig::default().election_timeout),
             attributes: None,
+            registry_prefix: muster_proto::registry::DEFAULT_PREFIX.to_string(),
+            keepalive: (KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT),
             #[cfg(feature = "fault-injection")]
             stale_follower_reads: false,
             stopping: Arc::new(tokio::sync::watch::channel(false).0),
@@ -126,6 +153,26 @@ impl ClientApi {
         self
     }
 
+    /// The same API with the registry service's instances under `prefix`
+    /// (`--registry-prefix`; default `/registry/services`), which the
+    /// caller has validated ([`muster_proto::registry::validate_prefix`]).
+    pub fn with_registry_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.registry_prefix = prefix.into();
+        self
+    }
+
+    /// The same API pinging a silent connection after `interval` and
+    /// closing it when a ping goes unanswered for `timeout` (defaults
+    /// [`KEEPALIVE_INTERVAL`], [`KEEPALIVE_TIMEOUT`]).
+    pub fn with_keepalive(
+        mut self,
+        interval: std::time::Duration,
+        timeout: std::time::Duration,
+    ) -> Self {
+        self.keepalive = (interval, timeout);
+        self
+    }
+
     /// The tonic router with every service added, leases kept by `lessor`.
     fn router(
         &self,
@@ -133,7 +180,7 @@ impl ClientApi {
     ) -> tonic::transport::server::Router<
         tower::layer::util::Stack<crate::metrics::GrpcMetricsLayer, tower::layer::util::Identity>,
     > {
-        let lease = LeaseService::new(Arc::clone(&self.node), self.cluster_id, lessor)
+        let lease = LeaseService::new(Arc::clone(&self.node), self.cluster_id, Arc::clone(&lessor))
             .with_quota(self.quota)
             .stopping_on(self.stopping.subscribe());
         let kv = KvService::new(Arc::clone(&self.node), self.cluster_id, self.limits)
@@ -142,13 +189,24 @@ impl ClientApi {
         let kv = kv.with_stale_follower_reads(self.stale_follower_reads);
         let watch = WatchService::new(Arc::clone(&self.node), self.cluster_id, self.watch)
             .stopping_on(self.stopping.subscribe());
+        let registry = RegistryService::new(
+            Arc::clone(&self.node),
+            self.registry_prefix.clone(),
+            kv.clone(),
+            lease.clone(),
+        )
+        .stopping_on(self.stopping.subscribe());
         tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(self.keepalive.0))
+            .http2_keepalive_timeout(Some(self.keepalive.1))
             .layer(crate::metrics::GrpcMetricsLayer)
             .add_service(kv.into_server())
             .add_service(watch.into_server())
             .add_service(lease.into_server())
             .add_service(
-                MaintenanceService::new(Arc::clone(&self.node), self.cluster_id).into_server(),
+                MaintenanceService::new(Arc::clone(&self.node), self.cluster_id)
+                    .with_lessor(lessor)
+                    .into_server(),
             )
             .add_service(ClusterService::new(Arc::clone(&self.node), self.cluster_id).into_server())
             .add_service(AuthService::new().into_server())
@@ -157,6 +215,7 @@ impl ClientApi {
                     .stopping_on(self.stopping.subscribe())
                     .into_server(),
             )
+            .add_service(registry.into_server())
     }
 
     /// Serves the client API on `listener`, with this member's lessor
