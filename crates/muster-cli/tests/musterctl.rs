@@ -1078,3 +1078,152 @@ fn move_leader_without_the_leader_names_the_endpoints_as_etcdctl() {
     );
     assert_eq!(moved.status.code(), Some(1));
 }
+
+/// `service register` holds an instance while it runs; `list`, `resolve`
+/// and `watch` see it; a killed registrant's instance stays until its lease
+/// expires unless `deregister` removes it; bad input is refused naming the
+/// field.
+#[test]
+fn service_commands_register_list_resolve_watch_and_deregister() {
+    let cluster = cluster(1);
+    let ep = cluster.clients[0].clone();
+    let (mut registrant, lines) = musterctl_lines(
+        &ep,
+        &[
+            "service",
+            "register",
+            "api",
+            "api-1",
+            "10.0.0.1:8080",
+            "--tag",
+            "v1",
+            "--meta",
+            "commit=4f2a",
+            "--weight",
+            "3",
+            "--zone",
+            "eu-1a",
+            "--ttl",
+            "30",
+        ],
+    );
+    let first = lines
+        .recv_timeout(RUN_TIMEOUT)
+        .expect("register prints a line");
+    assert!(
+        first.starts_with("registered /registry/services/api/api-1 with lease "),
+        "{first}"
+    );
+    let (_second, _) = musterctl_lines(
+        &ep,
+        &[
+            "service",
+            "register",
+            "api",
+            "api-2",
+            "10.0.0.2:8080",
+            "--health",
+            "critical",
+        ],
+    );
+
+    // Wait until both are listed.
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    let listed = loop {
+        let listed = ok(musterctl(&ep, &["service", "list", "api"]));
+        if listed.lines().count() == 3 {
+            break listed;
+        }
+        assert!(Instant::now() < deadline, "not both listed: {listed}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let rows: Vec<Vec<&str>> = listed
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows[0],
+        [
+            "SERVICE", "ID", "ADDRESS", "HEALTH", "WEIGHT", "ZONE", "TAGS"
+        ]
+    );
+    assert_eq!(
+        rows[1],
+        [
+            "api",
+            "api-1",
+            "10.0.0.1:8080",
+            "passing",
+            "3",
+            "eu-1a",
+            "v1"
+        ]
+    );
+    assert_eq!(rows[2], ["api", "api-2", "10.0.0.2:8080", "critical", "1"]);
+    let passing = ok(musterctl(
+        &ep,
+        &["service", "list", "--health", "passing", "-w", "json"],
+    ));
+    let passing = json(&passing);
+    assert_eq!(passing["instances"].as_array().unwrap().len(), 1);
+    assert_eq!(passing["instances"][0]["meta"]["commit"], "4f2a");
+
+    // resolve picks only the healthy one, whatever the balancer.
+    for balancer in ["round-robin", "weighted", "least-outstanding"] {
+        let picked = ok(musterctl(
+            &ep,
+            &["service", "resolve", "api", "--balancer", balancer],
+        ));
+        assert_eq!(picked, "10.0.0.1:8080\n");
+    }
+    let none = musterctl(&ep, &["service", "resolve", "nothing"]);
+    assert_eq!(none.status.code(), Some(1));
+    assert!(err(&none).contains("no healthy instance"), "{}", err(&none));
+
+    // The same key, as etcd clients see it: the resolver's JSON.
+    let raw = ok(musterctl(
+        &ep,
+        &["get", "/registry/services/api/api-1", "--print-value-only"],
+    ));
+    assert!(
+        raw.starts_with(r#"{"Addr":"10.0.0.1:8080","Metadata":{"version":1,"#),
+        "{raw}"
+    );
+
+    // Killed: the instance stays until its lease expires (30 s), and a
+    // watcher sees the deregistration remove it.
+    registrant.0.kill().expect("kill the registrant");
+    let (_watch, events) = musterctl_lines(&ep, &["service", "watch", "api", "--max-events", "3"]);
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        seen.push(events.recv_timeout(RUN_TIMEOUT).expect("the snapshot"));
+    }
+    assert_eq!(seen[0], "PUT api/api-1 10.0.0.1:8080 passing");
+    ok(musterctl(&ep, &["service", "deregister", "api", "api-1"]));
+    assert_eq!(
+        events.recv_timeout(RUN_TIMEOUT).expect("the removal"),
+        "DELETE api/api-1"
+    );
+    let gone = musterctl(&ep, &["service", "deregister", "api", "api-1"]);
+    assert_eq!(gone.status.code(), Some(1));
+
+    // Bad input names the field; nothing is written.
+    let bad = musterctl(&ep, &["service", "register", "API", "1", "10.0.0.1:80"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(err(&bad).contains("service \"API\""), "{}", err(&bad));
+    let bad = musterctl(&ep, &["service", "register", "api", "1", "10.0.0.1"]);
+    assert!(err(&bad).contains("addr"), "{}", err(&bad));
+    let bad = musterctl(
+        &ep,
+        &[
+            "service",
+            "register",
+            "api",
+            "1",
+            "10.0.0.1:80",
+            "--health",
+            "fine",
+        ],
+    );
+    assert_eq!(bad.status.code(), Some(2));
+}

@@ -3,11 +3,11 @@
 //! Start-up order, each step refusing with a clear message before anything
 //! is written if it cannot go on: validate the flags (the message names the
 //! setting), check the data dir's identity (a restart rejoins; another
-//! cluster's data dir is refused), bind the peer listener, start the Raft
-//! node, and on the first start of a new cluster bootstrap it with the
-//! `--initial-cluster` members (every member does this with the same
-//! membership, which openraft accepts). SIGTERM or Ctrl-C shuts the member
-//! down cleanly.
+//! cluster's data dir is refused), bind the peer, metrics, client and DNS
+//! (`--listen-dns`, UDP and TCP) sockets, start the Raft node, and on the
+//! first start of a new cluster bootstrap it with the `--initial-cluster`
+//! members (every member does this with the same membership, which
+//! openraft accepts). SIGTERM or Ctrl-C shuts the member down cleanly.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,13 +16,37 @@ use anyhow::Context as _;
 use muster_raft::{RaftNode, RaftNodeConfig};
 use muster_server::cluster::MemberAttributes;
 use muster_server::config::{ClusterState, LogFormat, Member, MemberConfig};
+use muster_server::dns::{self, DnsConfig, DnsListener};
 use muster_server::identity::{self, Identity, Startup};
+use muster_server::lease::LeaseConfig;
 use muster_server::server::ClientApi;
 use openraft::BasicNode;
 use tokio::net::TcpListener;
 
+#[path = "../agent/mod.rs"]
+mod agent;
+#[path = "../shutdown.rs"]
+mod shutdown;
+
+use shutdown::Shutdown;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // `muster agent --config <file>`: the health-checking sidecar.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "agent") {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+        if let Err(e) = agent::main(std::env::args_os().skip(1)).await {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+        return Ok(());
+    }
     let config = MemberConfig::load().unwrap_or_else(|e| e.exit());
     // `RUST_LOG`, when set, is a full filter; otherwise `--log-level`
     // chooses one (see `LogLevel::filter`).
@@ -82,6 +106,14 @@ async fn run(member: Member) -> anyhow::Result<()> {
     let client_listener = TcpListener::bind(&client_url.authority)
         .await
         .with_context(|| format!("--listen-client-urls: cannot listen on {}", client_url.url))?;
+    let dns_listener = match member.listen_dns {
+        Some(addr) => Some(
+            DnsListener::bind(addr)
+                .await
+                .with_context(|| format!("--listen-dns: cannot listen on {addr}"))?,
+        ),
+        None => None,
+    };
     let node = RaftNode::start(
         RaftNodeConfig {
             id: member_id,
@@ -146,10 +178,17 @@ async fn run(member: Member) -> anyhow::Result<()> {
         peer_urls: own_peer_urls,
         client_urls,
     };
+    let election_timeout = std::time::Duration::from_millis(member.election_timeout_ms);
+    let lease = LeaseConfig {
+        self_preservation: member.self_preservation,
+        ..LeaseConfig::for_election_timeout(election_timeout)
+    };
     let api = ClientApi::new(Arc::clone(&node), cluster_id, member.limits)
         .with_member_attributes(attributes)
-        .with_election_timeout(std::time::Duration::from_millis(member.election_timeout_ms))
-        .with_quota(member.quota_backend_bytes);
+        .with_election_timeout(election_timeout)
+        .with_lease_config(lease)
+        .with_quota(member.quota_backend_bytes)
+        .with_registry_prefix(member.registry_prefix.clone());
     #[cfg(feature = "fault-injection")]
     let api = {
         let stale = std::env::var_os("MUSTER_FAULT_STALE_FOLLOWER_READS").is_some_and(|v| v == "1");
@@ -164,6 +203,23 @@ async fn run(member: Member) -> anyhow::Result<()> {
     let client_api = tokio::spawn(api.serve(client_listener, async {
         let _ = clients_stopped.await;
     }));
+    let (stop_dns, dns_stopped) = tokio::sync::oneshot::channel::<()>();
+    let dns = dns_listener.map(|listener| {
+        let serving = dns::serve(
+            listener,
+            Arc::clone(&node),
+            DnsConfig::from_member(&member),
+            async {
+                let _ = dns_stopped.await;
+            },
+        );
+        // A socket that fails is reported when it fails, not at shutdown.
+        tokio::spawn(async move {
+            if let Err(e) = serving.await {
+                tracing::error!(error = %e, "DNS stopped serving");
+            }
+        })
+    });
 
     shutdown.wait().await;
     leader_log.abort();
@@ -174,6 +230,14 @@ async fn run(member: Member) -> anyhow::Result<()> {
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "client API stopped with an error"),
         Ok(Err(e)) => tracing::warn!(error = %e, "client API task failed"),
         Err(_) => tracing::warn!("client API did not stop within 5 s"),
+    }
+    let _ = stop_dns.send(());
+    if let Some(dns) = dns {
+        match tokio::time::timeout(std::time::Duration::from_secs(5), dns).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "DNS task failed"),
+            Err(_) => tracing::warn!("DNS did not stop within 5 s"),
+        }
     }
     let within = std::time::Duration::from_millis(member.election_timeout_ms.saturating_mul(3));
     match node.hand_over(within).await {
@@ -314,44 +378,6 @@ async fn log_leader_changes(
         }
         if metrics.changed().await.is_err() {
             return;
-        }
-    }
-}
-
-/// SIGTERM and SIGINT handlers, installed before the member starts so a
-/// signal that arrives during start-up still shuts it down cleanly.
-struct Shutdown {
-    #[cfg(unix)]
-    terminate: tokio::signal::unix::Signal,
-    #[cfg(unix)]
-    interrupt: tokio::signal::unix::Signal,
-}
-
-impl Shutdown {
-    fn install() -> std::io::Result<Self> {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            Ok(Shutdown {
-                terminate: signal(SignalKind::terminate())?,
-                interrupt: signal(SignalKind::interrupt())?,
-            })
-        }
-        #[cfg(not(unix))]
-        Ok(Shutdown {})
-    }
-
-    /// Resolves when either signal has arrived (also before this call).
-    async fn wait(mut self) {
-        #[cfg(unix)]
-        tokio::select! {
-            _ = self.terminate.recv() => {}
-            _ = self.interrupt.recv() => {}
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = &mut self;
-            let _ = tokio::signal::ctrl_c().await;
         }
     }
 }

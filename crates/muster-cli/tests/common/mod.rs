@@ -24,6 +24,8 @@ pub(crate) fn muster(args: &[&str]) -> Command {
             "MUSTER_LISTEN_METRICS_URLS",
             format!("http://127.0.0.1:{}", free_port()),
         )
+        // and its own DNS port (0: any port free for both UDP and TCP).
+        .env("MUSTER_LISTEN_DNS", "127.0.0.1:0")
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -23,14 +23,18 @@
 //!
 //! Layout: [`session`] dials endpoints and bounds requests, [`output`] turns
 //! responses into text and JSON, [`kv`] holds get, put, del, txn, compaction
-//! and watch, [`lease`], [`member`] and [`maintenance`] the rest.
+//! and watch, [`lease`], [`member`] and [`maintenance`] the rest, and
+//! [`service`] the service registry (through muster-client).
 
 mod kv;
 mod lease;
 mod maintenance;
 mod member;
 mod output;
+mod service;
 mod session;
+#[path = "../../shutdown.rs"]
+mod shutdown;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -113,6 +117,9 @@ pub(crate) enum Command {
     Snapshot(maintenance::SnapshotCommand),
     /// Transfers leadership to another member.
     MoveLeader(maintenance::MoveLeaderArgs),
+    /// Service registry commands: register, deregister, list, watch, resolve.
+    #[command(subcommand)]
+    Service(service::ServiceCommand),
     /// Prints a shell completion script.
     Completion(CompletionArgs),
 }
@@ -183,6 +190,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Alarm(command) => maintenance::alarm(&session, command).await,
         Command::Snapshot(command) => maintenance::snapshot(&session, command).await,
         Command::MoveLeader(args) => maintenance::move_leader(&session, args).await,
+        Command::Service(command) => service::run(&session, command).await,
         Command::Completion(_) => unreachable!("handled before the runtime starts"),
     }
 }

@@ -31,15 +31,7 @@ pub(crate) struct Session {
     pub(crate) write_out: WriteOut,
 }
 
-/// Adds `http://` to an endpoint given as `host:port`.
-pub(crate) fn endpoint_url(endpoint: &str) -> String {
-    let endpoint = endpoint.trim();
-    if endpoint.contains("://") {
-        endpoint.to_string()
-    } else {
-        format!("http://{endpoint}")
-    }
-}
+pub(crate) use muster_client::endpoint_url;
 
 impl Session {
     /// A session over `endpoints` (empty entries dropped).
