@@ -19,7 +19,8 @@
 #      it: put with 64, 256 and 1 client(s), put with a lease (64), range
 #      linearizable and serializable (64), watch (10,000 watchers on 100
 #      streams, 100 puts), lease (100,000 leases with a key each, kept
-#      alive 60 s);
+#      alive 60 s), registry (10,000 instances registering at once and
+#      kept alive 60 s while 1,000 watchers follow them);
 #   4. kills the leader with SIGKILL and measures the time until a put on
 #      the other members succeeds, restarts the killed member and repeats,
 #      7 times in all (3 with --quick): "failover" is the median;
@@ -34,7 +35,8 @@
 #   logs/           the servers' logs
 #
 # --quick scales every total down (10,000 keys instead of 100,000, 2,000
-# leases held 15 s, 1,000 watchers, 100,000 keys for the restart) to check
+# leases held 15 s, 1,000 watchers, 1,000 instances with 100 watchers for
+# 15 s, 100,000 keys for the restart) to check
 # the script in a few minutes; its numbers are not the comparison.
 #
 # Installs Debian's etcd-server and etcd-client when missing (as root).
@@ -66,9 +68,11 @@ wanted() { [ -z "$only" ] || [[ ",$only," == *",$1,"* ]]; }
 if ((quick)); then
     fill_keys=10000 put_total=5000 put1_total=1000 range_total=20000 failovers=3
     watchers=1000 watch_streams=10 leases=2000 lease_hold=15s restart_keys=100000
+    reg_instances=1000 reg_watchers=100 reg_for=15s
 else
     fill_keys=100000 put_total=30000 put1_total=3000 range_total=100000 failovers=7
     watchers=10000 watch_streams=100 leases=100000 lease_hold=60s restart_keys=1000000
+    reg_instances=10000 reg_watchers=1000 reg_for=60s
 fi
 
 # --- tools ----------------------------------------------------------------------
@@ -146,7 +150,10 @@ start_member() {
         etcd "${args[@]}" --quota-backend-bytes 8589934592 \
             >>"$out/logs/etcd-m$i.log" 2>&1 &
     else
-        "$muster_bin" "${args[@]}" --listen-metrics-urls "http://127.0.0.1:$(metrics_port "$i")" \
+        # No DNS (members side by side would share its port); the variable,
+        # not the flag, so that --muster-bin may name a build without DNS.
+        MUSTER_LISTEN_DNS="" "$muster_bin" "${args[@]}" \
+            --listen-metrics-urls "http://127.0.0.1:$(metrics_port "$i")" \
             >>"$out/logs/muster-m$i.log" 2>&1 &
     fi
     mpids[i]=$!
@@ -294,6 +301,10 @@ run_system() {
     bench watch 600 --clients 8 watch --watchers "$watchers" --streams "$watch_streams" --puts 100
     bench lease 1200 --clients 64 --request-timeout 30s lease --leases "$leases" --ttl 30 \
         --hold "$lease_hold" --streams 16
+    # The registry mix: every instance registers at once and is kept alive
+    # to the end (lives far longer than the run) while the watchers follow.
+    bench registry 1200 --clients 64 --request-timeout 30s registry --instances "$reg_instances" \
+        --watchers "$reg_watchers" --ttl 10 --for "$reg_for" --max-life 1000h
     result peak "{\"kib\":$(mem_kib VmHWM)}"
     failover
     cluster_stop
@@ -358,6 +369,10 @@ zero("watch: events lost"; "watch"; .counts.lost),
 row("watch: put-to-event p99 (ms)"; "watch"; .latency_ms.p99; "≤ 1.0×"; "lower"),
 zero("lease: keys lost"; "lease"; .counts.keys_lost),
 row("lease: grants/s"; "lease"; .throughput; "≥ 1.5×"; "higher"),
+row("registry: registrations/s (all instances at once)"; "registry"; .counts.registrations_per_s; "≥ 1.0×"; "higher"),
+row("registry: watch delivery p50 (ms)"; "registry"; .latencies_ms["watch-delivery"].p50; "≤ 1.0×"; "lower"),
+row("registry: watch delivery p99 (ms)"; "registry"; .latencies_ms["watch-delivery"].p99; "≤ 1.0×"; "lower"),
+zero("registry: watchers whose view differs"; "registry"; .counts.views_mismatched),
 row("server CPU per put, 64 clients (ms)"; "put-64"; (if .ops then .server_cpu_s * 1000 / .ops else null end); "≤ 0.6×"; "lower"),
 row("RSS after the keys (MiB)"; "rss"; (if .kib then .kib / 1024 else null end); "≤ 0.5×"; "lower"),
 row("data dirs after the keys (MiB)"; "disk"; (if .bytes then .bytes / 1048576 else null end); "≤ 0.5×"; "lower"),

@@ -8,6 +8,7 @@
 #                      imports (only recommended by protobuf-compiler)
 #   etcd-server        a real etcd, for side-by-side and differential tests
 #   etcd-client        etcdctl, for command-line compatibility tests
+#   dnsutils           dig, for scripts/dns-test.sh (the DNS interface)
 # then runs every test of the workspace (unit, golden, property, interop).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +18,7 @@ command -v protoc >/dev/null || missing+=(protobuf-compiler)
 [ -e /usr/include/google/protobuf/descriptor.proto ] || missing+=(libprotobuf-dev)
 command -v etcd >/dev/null || missing+=(etcd-server)
 command -v etcdctl >/dev/null || missing+=(etcd-client)
+command -v dig >/dev/null || missing+=(dnsutils)
 if ((${#missing[@]})); then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -12,6 +12,13 @@
 //! - At the end a marker key is written; each watcher stops at the marker,
 //!   and its view of the prefix (its events applied in order) must equal
 //!   the state read at the marker's revision. Every wait is bounded.
+//! - Values are the registry's JSON (`{"Addr": ..., "Metadata": {...}}`)
+//!   carrying the wall-clock time the put was sent (`sent_ns`); every
+//!   watcher measures each put's delivery latency (sent → received) against
+//!   the same clock, so the figure includes the commit and the fan-out.
+//! - Registration throughput is every instance's first registration over
+//!   the time until the last of them completed: all instances start at
+//!   once, so it is the rate a cold start of the whole fleet gets.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -32,6 +39,8 @@ use crate::{Config, Latency, Pool, Report, Rng, Tally, bounded, prefix_end};
 /// What one instance measured.
 #[derive(Default)]
 struct Instance {
+    /// When its first registration completed.
+    first_registered: Option<Instant>,
     register: Tally,
     deregister: Latency,
     keep_alive: Latency,
@@ -51,6 +60,8 @@ impl Instance {
 struct View {
     keys: BTreeMap<Vec<u8>, Vec<u8>>,
     events: u64,
+    /// Put events' delivery latency (sent → received).
+    delivery: Latency,
     error: Option<String>,
 }
 
@@ -108,8 +119,10 @@ pub(crate) async fn run(
         ));
     }
     let mut total = Instance::default();
+    let mut first_registered = Vec::with_capacity(instances);
     while let Some(joined) = tasks.join_next().await {
         let one = joined.context("an instance task failed")?;
+        first_registered.extend(one.first_registered);
         total.register.merge(one.register);
         total.deregister.merge(&one.deregister);
         total.keep_alive.merge(&one.keep_alive);
@@ -170,9 +183,11 @@ pub(crate) async fn run(
         report.first_error = total.first_error;
     }
     let (mut events, mut mismatched, mut watch_errors) = (0u64, 0u64, 0u64);
+    let mut delivery = Latency::new();
     while let Some(joined) = views.join_next().await {
         let view = joined.context("a watcher task failed")?;
         events += view.events;
+        delivery.merge(&view.delivery);
         if let Some(e) = view.error {
             watch_errors += 1;
             report.first_error.get_or_insert(e);
@@ -188,6 +203,18 @@ pub(crate) async fn run(
     report
         .latencies
         .push(("keep-alive".into(), total.keep_alive));
+    report.latencies.push(("watch-delivery".into(), delivery));
+    // The fleet's cold start: every first registration.
+    if first_registered.len() == instances
+        && let Some(last) = first_registered.iter().max()
+    {
+        let took = last.duration_since(started);
+        report.count("all_registered_ms", took.as_millis() as u64);
+        report.count(
+            "registrations_per_s",
+            (instances as f64 / took.as_secs_f64().max(1e-9)).round() as u64,
+        );
+    }
     report.count("instances", instances as u64);
     report.count("registrations", registrations);
     report.count("deregistrations", total.deregistrations);
@@ -215,14 +242,23 @@ async fn instance(
     let mut rng = Rng::new(config.seed, seed);
     let bound = config.request_timeout;
     let renew = Duration::from_secs(ttl as u64) / 3;
-    let mut value = format!(
+    let addr = format!(
         "10.{}.{}.{}:8080",
         seed >> 16 & 255,
         seed >> 8 & 255,
         seed & 255
-    )
-    .into_bytes();
-    value.resize(config.val_size.max(value.len()), b' ');
+    );
+    let id =
+        String::from_utf8_lossy(key.rsplit(|b| *b == b'/').next().unwrap_or_default()).into_owned();
+    let value = |sent_ns: u128| -> Vec<u8> {
+        let mut value = format!(
+            r#"{{"Addr":"{addr}","Metadata":{{"version":1,"service":"svc-{}","id":"{id}","health":"passing","sent_ns":{sent_ns}}}}}"#,
+            seed % 8
+        )
+        .into_bytes();
+        value.resize(config.val_size.max(value.len()), b' ');
+        value
+    };
     // The keep-alive stream, opened with the first renewal (a server may
     // send the response headers only with its first response).
     let mut stream: Option<(
@@ -242,7 +278,7 @@ async fn instance(
                 bound,
                 kv.put(pb::PutRequest {
                     key: key.clone().into(),
-                    value: value.clone().into(),
+                    value: value(now_ns()).into(),
                     lease: grant.id,
                     ..Default::default()
                 }),
@@ -254,6 +290,7 @@ async fn instance(
         let Some(id) = out.register.outcome(started, registered) else {
             continue;
         };
+        out.first_registered.get_or_insert_with(Instant::now);
         // Live, renewing every TTL/3.
         let life = Duration::from_millis(rng.below(max_life.as_millis().max(1) as u64) + 1);
         let end = (Instant::now() + life).min(deadline);
@@ -332,6 +369,7 @@ async fn follow(
     let mut view = View {
         keys: BTreeMap::new(),
         events: 0,
+        delivery: Latency::new(),
         error: None,
     };
     let work = async {
@@ -372,6 +410,11 @@ async fn follow(
                 if event.r#type == EventType::Delete as i32 {
                     view.keys.remove(kv.key.as_ref());
                 } else {
+                    if let Some(sent) = sent_ns(&kv.value) {
+                        let now = now_ns();
+                        view.delivery
+                            .record(Duration::from_nanos(now.saturating_sub(sent) as u64));
+                    }
                     view.keys.insert(kv.key.to_vec(), kv.value.to_vec());
                 }
             }
@@ -383,4 +426,32 @@ async fn follow(
         Err(_) => view.error = Some(format!("the end marker did not arrive within {bound:?}")),
     }
     view
+}
+
+/// Nanoseconds since the Unix epoch.
+fn now_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos()
+}
+
+/// The `sent_ns` a value carries.
+fn sent_ns(value: &[u8]) -> Option<u128> {
+    let text = std::str::from_utf8(value).ok()?;
+    let rest = &text[text.find("\"sent_ns\":")? + "\"sent_ns\":".len()..];
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    rest[..digits].parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_sent_time_is_read_back() {
+        assert_eq!(
+            super::sent_ns(br#"{"Metadata":{"sent_ns":123}}"#),
+            Some(123)
+        );
+        assert_eq!(super::sent_ns(b"10.0.0.1:80"), None);
+    }
 }
