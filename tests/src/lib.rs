@@ -9,8 +9,8 @@
 //! A [`TestCluster`] is 1, 3 or 5 members in this process, each a real
 //! [`RaftNode`] (sled log, peer transport on loopback) with the client API
 //! ([`ClientApi`]) on its own loopback port. Every port is bound by the
-//! harness first (port 0) and kept across a member's restart. Every wait is
-//! bounded by [`WAIT`].
+//! harness first, below the kernel's ephemeral range ([`free_port`]), and
+//! kept across a member's restart. Every wait is bounded by [`WAIT`].
 
 pub mod proxy;
 
@@ -96,6 +96,13 @@ async fn bind(addr: SocketAddr) -> TcpListener {
     }
 }
 
+/// A listener on a loopback port below the kernel's ephemeral range
+/// ([`free_port`]), so that the port is still free when a stopped member
+/// binds it again: no outgoing connection can have taken it meanwhile.
+async fn bind_below_ephemeral() -> TcpListener {
+    bind(SocketAddr::from(([127, 0, 0, 1], free_port()))).await
+}
+
 impl TestCluster {
     /// Starts `size` members with [`Timings::FAST`] and bootstraps them.
     pub async fn start(size: usize) -> TestCluster {
@@ -119,8 +126,8 @@ impl TestCluster {
         let mut peer_listeners = Vec::new();
         let mut client_listeners = Vec::new();
         for i in 0..size {
-            let peer = TcpListener::bind("127.0.0.1:0").await.expect("bind peer");
-            let client = TcpListener::bind("127.0.0.1:0").await.expect("bind client");
+            let peer = bind_below_ephemeral().await;
+            let client = bind_below_ephemeral().await;
             let mut config = RaftNodeConfig::new(
                 i as NodeId + 1,
                 dir.path().join(format!("member-{}", i + 1)),
@@ -199,8 +206,8 @@ impl TestCluster {
     /// answers its peer URL, for `MemberAdd`; start it with
     /// [`TestCluster::start_prepared`].
     pub async fn prepare_member(&mut self) -> String {
-        let peer = TcpListener::bind("127.0.0.1:0").await.expect("bind peer");
-        let client = TcpListener::bind("127.0.0.1:0").await.expect("bind client");
+        let peer = bind_below_ephemeral().await;
+        let client = bind_below_ephemeral().await;
         let url = format!("http://{}", peer.local_addr().expect("peer addr"));
         self.prepared = Some((peer, client));
         url
@@ -416,13 +423,34 @@ impl TestCluster {
     }
 }
 
-/// A free loopback port (bound and released; fine for child processes).
+/// A loopback port free for TCP and UDP a moment ago, below the kernel's
+/// ephemeral range: no outgoing connection and no bind to port 0 (another
+/// member's, another test's) can take it before a member binds it, or
+/// while a killed member is down before it binds it again. Each call in a
+/// process returns a different port.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    // Ports from 10000 up to the kernel's ephemeral range, walked from a
+    // per-process starting point.
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOWEST: u32 = 10_000;
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .filter(|&low| low > LOWEST + 1_000)
+        .unwrap_or(32_768);
+    let span = ephemeral - LOWEST;
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    for _ in 0..span {
+        let port = (LOWEST + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span) as u16;
+        let free = |addr: (&str, u16)| {
+            std::net::TcpListener::bind(addr).is_ok() && std::net::UdpSocket::bind(addr).is_ok()
+        };
+        if free(("127.0.0.1", port)) {
+            return port;
+        }
+    }
+    panic!("no free loopback port below {ephemeral}");
 }
 
 /// Whether `binary` runs (`binary --version`).

@@ -588,14 +588,30 @@ fn acknowledged_writes_survive_kill_9_of_the_leader_and_of_the_whole_cluster() {
         .collect();
     let keys = |endpoint: &str| {
         let get = etcdctl(endpoint, &["get", "/ack/", "--prefix", "--keys-only"]).expect("etcdctl");
-        String::from_utf8_lossy(&get.stdout).replace("\n\n", "\n")
+        (
+            String::from_utf8_lossy(&get.stdout).replace("\n\n", "\n"),
+            String::from_utf8_lossy(&get.stderr).into_owned(),
+        )
     };
     let started = std::time::Instant::now();
-    while keys(&cluster.clients[leader]) != expected {
-        assert!(
-            started.elapsed() < START_TIMEOUT,
-            "the restarted member never served every acknowledged write"
-        );
+    loop {
+        let (got, error) = keys(&cluster.clients[leader]);
+        if got == expected {
+            break;
+        }
+        if started.elapsed() >= START_TIMEOUT {
+            let log: Vec<String> = cluster
+                .log
+                .try_iter()
+                .map(|(member, line)| format!("m{member}: {line}"))
+                .collect();
+            let exited = cluster.children[leader].try_wait();
+            panic!(
+                "the restarted member never served every acknowledged write: \
+                 it answered {got:?} {error} (exited: {exited:?})\nthe members' log:\n{}",
+                log.join("\n")
+            );
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
 
@@ -609,7 +625,7 @@ fn acknowledged_writes_survive_kill_9_of_the_leader_and_of_the_whole_cluster() {
     }
     for endpoint in cluster.clients.clone() {
         let started = std::time::Instant::now();
-        while keys(&endpoint) != expected {
+        while keys(&endpoint).0 != expected {
             assert!(
                 started.elapsed() < START_TIMEOUT,
                 "{endpoint} lost acknowledged writes after a full restart"
